@@ -1,0 +1,144 @@
+"""Continual-learning metrics from an R matrix: pure functions the trainer and analysis both call.
+
+Notation (the README repeats it): ``a[i][j]`` is the score on domain ``j`` (columns, 1..T in the
+formulas, 0-based in code) after stage ``i`` (rows 0..T; row 0 = the model before stage 1).
+Scores are higher-is-better: token accuracy as is, loss as ``-loss``. Forgetting is positive
+when performance dropped.
+
+* ACC = mean_j a[T][j]
+* BWT = mean_{j<T} (a[T][j] - a[j][j])                       (Lopez-Paz & Ranzato 2017, GEM)
+* FWT = mean_{j>=2} (a[j-1][j] - a[0][j])                    (GEM, against the untrained model)
+* f_j = max_{1<=l<T} a[l][j] - a[T][j];  AF = mean_{j<T} f_j (Chaudhry et al. 2018, RWalk)
+* Retention@k = mean_{j: j+k<=T} a[j+k][j] / a[j][j]; for loss L[j][j] / L[j+k][j]
+* plasticity = mean_j (a[j][j] - a[j-1][j])                  (gain on the domain being learned)
+* convergence = optimizer steps until the in-stage validation loss on the new domain first comes
+  within 5% of the stage's total drop from its end value.
+
+A metric whose index set is empty (e.g. BWT with one domain) is ``None``, never 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+
+Kind = Literal["loss", "accuracy", "bpb"]
+LOWER_IS_BETTER: frozenset[str] = frozenset({"loss", "bpb"})
+
+
+def _check(a: np.ndarray) -> int:
+    if a.ndim != 2 or a.shape[0] != a.shape[1] + 1:
+        raise ValueError(f"R must have shape (T+1, T); got {a.shape}")
+    return a.shape[1]
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def to_scores(r: np.ndarray | Sequence[Sequence[float]], kind: Kind) -> np.ndarray:
+    """Turn a raw R matrix into higher-is-better scores (loss and bpb are negated)."""
+    a = np.asarray(r, dtype=np.float64)
+    return -a if kind in LOWER_IS_BETTER else a
+
+
+def average_accuracy(a: np.ndarray) -> float:
+    """ACC: mean final score over all domains."""
+    t = _check(a)
+    return float(np.mean(a[t, :]))
+
+
+def backward_transfer(a: np.ndarray) -> float | None:
+    """BWT: mean change of each earlier domain's score from just after learning it to the end."""
+    t = _check(a)
+    return _mean([a[t, j] - a[j + 1, j] for j in range(t - 1)])
+
+
+def forward_transfer(a: np.ndarray) -> float | None:
+    """FWT: how much the stages before domain j already helped it, against the untrained model."""
+    t = _check(a)
+    return _mean([a[j, j] - a[0, j] for j in range(1, t)])
+
+
+def forgetting_per_domain(a: np.ndarray) -> list[float]:
+    """f_j = max over stages 1..T-1 of the score on j, minus the final score (domains 1..T-1)."""
+    t = _check(a)
+    return [float(np.max(a[1:t, j]) - a[t, j]) for j in range(t - 1)]
+
+
+def average_forgetting(a: np.ndarray) -> float | None:
+    """Average Forgetting: mean of f_j over the domains that were followed by another stage."""
+    return _mean(forgetting_per_domain(a))
+
+
+def retention(a: np.ndarray, k: int, lower_is_better: bool = False) -> float | None:
+    """Retention@k: score on domain j k stages after learning it, relative to just after.
+
+    For higher-is-better scores a[j+k][j] / a[j][j]; for losses (pass the raw, positive losses and
+    ``lower_is_better=True``) L[j][j] / L[j+k][j], so that 1 means fully kept and < 1 means lost.
+    """
+    t = _check(a)
+    if k < 1:
+        raise ValueError(f"retention needs k >= 1, got {k}")
+    ratios = []
+    for j in range(t):
+        if j + 1 + k > t:
+            continue
+        just, later = a[j + 1, j], a[j + 1 + k, j]
+        ratios.append(just / later if lower_is_better else later / just)
+    return _mean([float(x) for x in ratios])
+
+
+def plasticity(a: np.ndarray) -> float:
+    """Mean gain on each domain from the stage that trains on it."""
+    t = _check(a)
+    return float(np.mean([a[j + 1, j] - a[j, j] for j in range(t)]))
+
+
+def convergence_steps(
+    steps: Sequence[int], losses: Sequence[float], fraction: float = 0.05
+) -> int | None:
+    """Optimizer steps until the in-stage loss first comes within ``fraction`` of the stage's total
+    drop from its end value. ``steps[0]``/``losses[0]`` is the start of the stage (step 0), the
+    last point its end. ``None`` when the curve has fewer than two points; 0 when nothing dropped.
+    """
+    if len(steps) != len(losses):
+        raise ValueError("steps and losses must have the same length")
+    if len(steps) < 2:
+        return None
+    start, end = float(losses[0]), float(losses[-1])
+    drop = start - end
+    if drop <= 0:
+        return 0
+    for s, v in zip(steps, losses, strict=True):
+        if float(v) - end <= fraction * drop:
+            return int(s)
+    return int(steps[-1])
+
+
+def cl_metrics(r: np.ndarray | Sequence[Sequence[float]], kind: Kind) -> dict[str, object]:
+    """Every R-matrix metric for one kind of score, in the run.json layout.
+
+    ``r`` is the raw matrix (losses positive, accuracies in [0, 1]); signs are handled here.
+    """
+    raw = np.asarray(r, dtype=np.float64)
+    a = to_scores(raw, kind)
+    t = _check(a)
+    lower = kind in LOWER_IS_BETTER
+    out: dict[str, object] = {
+        "ACC": average_accuracy(a),
+        "BWT": backward_transfer(a),
+        "FWT": forward_transfer(a),
+        "average_forgetting": average_forgetting(a),
+        "forgetting": forgetting_per_domain(a),
+        "plasticity": plasticity(a),
+        "retention": {
+            str(k): retention(raw if lower else a, k, lower_is_better=lower) for k in range(1, t)
+        },
+    }
+    if lower:
+        # ACC of a negated loss is the negated mean final loss; report the loss itself too.
+        out["final_mean"] = float(np.mean(raw[t, :]))
+    return out

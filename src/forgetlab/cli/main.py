@@ -1,0 +1,181 @@
+"""The ``forgetlab`` command line: a thin layer over the library (every command calls one function)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from forgetlab.cli import data as data_cli
+from forgetlab.cli import model_commands
+
+app = typer.Typer(
+    help="forgetlab: controlled experiments on forgetting in small GPT-style language models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+bench_app = typer.Typer(help="Speed benchmarks: training step, matmul peak.", no_args_is_help=True)
+app.add_typer(data_cli.app, name="data")
+app.add_typer(bench_app, name="bench")
+model_commands.register(app)
+console = Console()
+
+
+def clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the lab's user-facing errors into one clear line and exit code 2, without a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from forgetlab.config import ConfigError
+        from forgetlab.data import DataError
+        from forgetlab.models import ModelLoadError
+
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, DataError, ModelLoadError) as e:
+            console.print(f"[bold red]error:[/] {e}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.command()
+@clean_errors
+def run(
+    spec: Annotated[Path, typer.Argument(help="run spec (TOML)")],
+    out: Annotated[Path | None, typer.Option(help="run directory (default results/NAME)")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override, e.g. train.steps_per_stage=30")
+    ] = None,
+    mechanism: Annotated[
+        list[str] | None,
+        typer.Option(help="add a mechanism, e.g. replay:policy=reservoir,capacity=512"),
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+) -> None:
+    """Run a spec: prepare its data if needed, train through the stream, print R and metrics."""
+    from forgetlab.cli.render import print_run_summary
+    from forgetlab.config import load_run_config
+    from forgetlab.data import prepare
+    from forgetlab.mechanisms import build_mechanisms, parse_mechanism_option
+    from forgetlab.train import Trainer
+
+    cfg = load_run_config(spec, set_)
+    if mechanism:
+        cfg.mechanisms = [*cfg.mechanisms, *(parse_mechanism_option(m) for m in mechanism)]
+    build_mechanisms(cfg.mechanisms)  # validate knobs before any work
+    out = out or Path("results") / cfg.name
+    trainer = Trainer(cfg, out, progress=not quiet)  # refuses a finished run dir up front
+    assert cfg.data.tokenizer is not None
+    prepare(
+        cfg.data.domains,
+        cfg.data.tokenizer,
+        cfg.data.cache_dir,
+        sources=cfg.data.sources,
+        progress=not quiet,
+    )
+    record = trainer.run()
+    print_run_summary(record, console)
+    console.print(f"run directory: [bold]{out}[/]")
+
+
+def _bench_config(preset: str, precision: str, compile_: bool, overrides: list[str] | None) -> Any:
+    from forgetlab.config import resolve_run_config
+
+    raw = {
+        "model": {"preset": preset},
+        "data": {"domains": ["code"], "val_batches": 1},
+        "train": {"precision": precision, "compile": compile_},
+    }
+    return resolve_run_config(raw, overrides)
+
+
+@bench_app.command("train")
+@clean_errors
+def bench_train_cmd(
+    preset: Annotated[str, typer.Option(help="model preset")] = "tiny",
+    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16")] = "auto",
+    compile_: Annotated[bool, typer.Option("--compile/--no-compile")] = False,
+    steps: Annotated[int, typer.Option(min=1)] = 10,
+    warmup: Annotated[int, typer.Option(min=0)] = 3,
+    set_: Annotated[list[str] | None, typer.Option("--set")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Tokens/s, ms per step, MFU and peak memory of the trainer's own step on real data."""
+    from forgetlab.train.bench import bench_train
+
+    cfg = _bench_config(preset, precision, compile_, set_)
+    res = bench_train(cfg, steps=steps, warmup=warmup)
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    table = Table(title=f"bench train: {preset}")
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    for k, v in res.items():
+        table.add_row(k, f"{v:,.4g}" if isinstance(v, float) else str(v))
+    console.print(table)
+
+
+@bench_app.command("peak")
+@clean_errors
+def bench_peak_cmd(
+    seconds: Annotated[float, typer.Option(help="seconds per precision")] = 2.0,
+    size: Annotated[int, typer.Option(help="square matmul size")] = 2048,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Measure this machine's fp32 and bf16 matmul peak (FLOP/s) and store it for MFU."""
+    from forgetlab.train.device import resolve_device
+    from forgetlab.train.flops import measure_matmul_peak, save_cpu_peak
+
+    device = resolve_device("auto")
+    res = {}
+    for precision in ("fp32", "bf16"):
+        res[precision] = measure_matmul_peak(device, precision, size=size, seconds=seconds)
+        if device.type == "cpu":
+            save_cpu_peak(precision, res[precision])
+    if as_json:
+        typer.echo(json.dumps({"device": str(device), **res}))
+        return
+    for precision, value in res.items():
+        console.print(f"{precision}: {value / 1e9:,.1f} GFLOP/s on {device}")
+
+
+@app.command()
+@clean_errors
+def show(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory")],
+    as_json: Annotated[bool, typer.Option("--json", help="print run.json's R and metrics")] = False,
+) -> None:
+    """Print a run's R matrices, unigram baselines and metrics from its run.json."""
+    from forgetlab.cli.render import print_run_summary
+    from forgetlab.config import ConfigError
+    from forgetlab.train import RunDir
+
+    record = RunDir(run_dir).read()
+    if record is None:
+        raise ConfigError(f"{str(run_dir)!r} holds no run.json: not a forgetlab run directory")
+    if as_json:
+        keys = ("status", "domains", "R", "unigram", "metrics", "flops", "tokens")
+        typer.echo(json.dumps({k: record.get(k) for k in keys}, indent=2))
+        return
+    console.print(f"status: {record['status']}")
+    print_run_summary(record, console)

@@ -1,0 +1,60 @@
+"""Rich tables of a run's results: the R matrices beside the unigram baseline, and the CL metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+KIND_TITLES = {"loss": "loss (nats/token)", "bpb": "bits per byte", "accuracy": "top-1 accuracy"}
+
+
+def r_matrix_table(record: dict[str, Any], kind: str) -> Table:
+    domains = record["domains"]
+    table = Table(title=f"R[{kind}]: {KIND_TITLES[kind]}, row = after stage, column = domain")
+    table.add_column("after", style="bold")
+    for d in domains:
+        table.add_column(d, justify="right")
+    for i, row in enumerate(record["R"][kind]):
+        label = "init" if i == 0 else f"{i}:{domains[i - 1]}"
+        table.add_row(label, *(f"{v:.3f}" for v in row))
+    table.add_row("unigram", *(f"{v:.3f}" for v in record["unigram"][kind]), style="dim")
+    return table
+
+
+def _fmt(v: Any) -> str:
+    return "—" if v is None else f"{v:+.4f}" if isinstance(v, float) else str(v)
+
+
+def metrics_table(record: dict[str, Any]) -> Table:
+    table = Table(
+        title="continual-learning metrics (scores higher-is-better; forgetting > 0 = lost)"
+    )
+    table.add_column("metric", style="bold")
+    kinds = [k for k in ("loss", "bpb", "accuracy") if k in record["metrics"]]
+    for k in kinds:
+        table.add_column(k, justify="right")
+    rows = ["ACC", "BWT", "FWT", "average_forgetting", "plasticity"]
+    for name in rows:
+        table.add_row(name, *(_fmt(record["metrics"][k][name]) for k in kinds))
+    n_ret = len(record["metrics"][kinds[0]]["retention"]) if kinds else 0
+    for r in range(1, n_ret + 1):
+        table.add_row(
+            f"retention@{r}", *(_fmt(record["metrics"][k]["retention"][str(r)]) for k in kinds)
+        )
+    return table
+
+
+def print_run_summary(record: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console()
+    for kind in ("loss", "accuracy"):
+        console.print(r_matrix_table(record, kind))
+    if record.get("metrics"):
+        console.print(metrics_table(record))
+    t = record["timing"]["throughput"]
+    mfu = f"{t['mfu']:.1%}" if t.get("mfu") else "n/a"
+    console.print(
+        f"train {t['train_tokens_per_s']:,.0f} tokens/s, MFU {mfu} "
+        f"(peak {t['peak_flops'] or 0:.3g} FLOP/s, {t['peak_source']}), precision {record['precision']}"
+    )

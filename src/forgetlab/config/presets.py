@@ -1,0 +1,61 @@
+"""Model presets: named shapes that fill every model field a spec does not set.
+
+``micro`` is for tests (seconds), ``tiny`` for the CPU quickstart (sized from FINDINGS.md: 4 layers,
+192 wide, context 128, a 2k BPE), ``small`` is document 001's model and ``gpt2-124m`` document
+000's backbone. Each preset also names the tokenizer it is meant for; a spec may override either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    tokenizer: str
+    model: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in [
+        Preset(
+            "micro",
+            "bpe-2k",
+            dict(n_layer=2, n_head=2, n_embd=64, block_size=64),
+            "tests: trains in seconds",
+        ),
+        Preset(
+            "tiny",
+            "bpe-2k",
+            dict(n_layer=4, n_head=4, n_embd=192, block_size=128),
+            "CPU quickstart: ~2.2M parameters, ~10-20k tokens/s on 2 cores",
+        ),
+        Preset(
+            "small",
+            "gpt2",
+            dict(n_layer=6, n_head=8, n_embd=512, d_ff=2048, block_size=512),
+            "document 001: 6 layers, d_model 512, 8 heads, d_ff 2048, context 512",
+        ),
+        Preset(
+            "gpt2-124m",
+            "gpt2",
+            dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
+            "document 000's backbone: GPT-2 small",
+        ),
+    ]
+}
+
+
+def get_preset(name: str) -> Preset:
+    from forgetlab.config.errors import ConfigError
+
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(
+            f"model.preset = {name!r} is not a preset; allowed: {sorted(PRESETS)}"
+        ) from None

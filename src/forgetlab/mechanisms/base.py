@@ -1,0 +1,190 @@
+"""The mechanism hook contract: continual-learning strategies as small plugins on the trainer.
+
+A mechanism is a class registered by name. The trainer calls, in this order, whatever it defines:
+
+* ``setup(ctx)`` once per run (after the model and optimizer exist, before any evaluation)
+* ``on_stage_start(ctx)`` / ``on_stage_end(ctx)`` around each domain's training
+* ``make_batch(ctx, batch) -> batch`` for every micro-batch (mix replay in, re-weight tokens)
+* ``loss(ctx, batch, output) -> {name: tensor}`` extra loss terms added to the objective
+* ``after_backward(ctx)`` after gradients are accumulated (gradient projection, masks)
+* ``after_step(ctx)`` after the optimizer step (re-apply weight masks, running statistics)
+* ``eval_scope(ctx, domain_index)`` a context manager around evaluating one domain (task routing)
+* ``flops(ctx) -> float`` the extra compute it has spent so far, so budgets can be matched
+* ``state_dict()`` / ``load_state_dict(state)`` so a killed run resumes exactly
+
+Knobs are declared as a pydantic model (``Knobs``), so unknown or mistyped knobs fail before any
+work with the list of valid ones. ``incompatible`` names mechanisms this one cannot run beside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from forgetlab.config import ConfigError, MechanismConfig
+
+if TYPE_CHECKING:
+    from forgetlab.config import RunConfig
+    from forgetlab.data import Stream
+
+
+@dataclass
+class Batch:
+    """One micro-batch: inputs, next-token targets, optional per-token loss weights.
+
+    ``weights`` (same shape as ``y``) multiplies each token's loss; 0 means the token gives no
+    gradient (selective write). ``None`` means all ones.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    weights: torch.Tensor | None = None
+    domain: int = 0
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.y.numel())
+
+
+@dataclass
+class StepOutput:
+    """What the forward pass produced for a batch, for mechanisms' ``loss`` hooks."""
+
+    logits: torch.Tensor
+    token_loss: torch.Tensor  # (B, T) cross-entropy per token, float32, unweighted
+
+
+@dataclass
+class TrainContext:
+    """The small, explicit view of the run that mechanisms receive (never the trainer itself)."""
+
+    config: RunConfig
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    stream: Stream
+    device: torch.device
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]]
+    generator: torch.Generator  # seeded from the run; mechanisms draw randomness from it
+    stage: int = 0  # 0-based index of the domain being trained
+    step: int = 0  # optimizer steps in this stage
+    global_step: int = 0
+    extra_step: Callable[[Batch], float] | None = None  # one optimizer step on a given batch
+    log: dict[str, float] = field(default_factory=dict)  # scalars the trainer writes to curves
+
+    @property
+    def domain(self) -> str:
+        return self.stream.domains[self.stage]
+
+
+class Mechanism:
+    """Base class: every hook is a no-op, so a mechanism defines only the moments it acts on."""
+
+    name: ClassVar[str] = ""
+    incompatible: ClassVar[frozenset[str]] = frozenset()
+
+    class Knobs(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    def __init__(self, knobs: Knobs) -> None:
+        self.knobs = knobs
+
+    def setup(self, ctx: TrainContext) -> None:
+        """Called once, before the initial evaluation."""
+
+    def on_stage_start(self, ctx: TrainContext) -> None:
+        """Called before the first step of stage ``ctx.stage``."""
+
+    def on_stage_end(self, ctx: TrainContext) -> None:
+        """Called after the last step of stage ``ctx.stage``, before evaluation."""
+
+    def make_batch(self, ctx: TrainContext, batch: Batch) -> Batch:
+        return batch
+
+    def loss(self, ctx: TrainContext, batch: Batch, output: StepOutput) -> dict[str, torch.Tensor]:
+        return {}
+
+    def after_backward(self, ctx: TrainContext) -> None:
+        """Gradients are accumulated and not yet clipped."""
+
+    def after_step(self, ctx: TrainContext) -> None:
+        """The optimizer has stepped."""
+
+    @contextlib.contextmanager
+    def eval_scope(self, ctx: TrainContext, domain_index: int) -> Iterator[None]:
+        yield
+
+    def flops(self, ctx: TrainContext) -> float:
+        return 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"mechanism {self.name!r} has no state but was given {list(state)}")
+
+
+MECHANISMS: dict[str, type[Mechanism]] = {}
+
+
+def register(cls: type[Mechanism]) -> type[Mechanism]:
+    """Class decorator: make a mechanism available by its ``name`` in specs and on the CLI."""
+    if not cls.name:
+        raise TypeError(f"{cls.__qualname__} needs a non-empty `name`")
+    if cls.name in MECHANISMS and MECHANISMS[cls.name] is not cls:
+        raise TypeError(f"mechanism name {cls.name!r} is registered twice")
+    MECHANISMS[cls.name] = cls
+    return cls
+
+
+def build_mechanisms(configs: list[MechanismConfig]) -> list[Mechanism]:
+    """Instantiate the configured mechanisms, validating names, knobs and combinations."""
+    out: list[Mechanism] = []
+    for i, cfg in enumerate(configs):
+        cls = MECHANISMS.get(cfg.name)
+        if cls is None:
+            raise ConfigError(
+                f"mechanisms[{i}].name = {cfg.name!r} is not a mechanism; "
+                f"allowed: {sorted(MECHANISMS) or '(none registered)'}"
+            )
+        try:
+            knobs = cls.Knobs.model_validate(cfg.knobs)
+        except ValidationError as e:
+            valid = sorted(cls.Knobs.model_fields)
+            problems = "; ".join(
+                f"{'.'.join(map(str, err['loc']))} = {err.get('input')!r}: {err['msg']}"
+                for err in e.errors()
+            )
+            raise ConfigError(
+                f"mechanism {cfg.name!r}: {problems} (valid knobs: {valid})"
+            ) from None
+        out.append(cls(knobs))
+    names = [m.name for m in out]
+    for m in out:
+        if names.count(m.name) > 1:
+            raise ConfigError(f"mechanism {m.name!r} is listed twice")
+        clash = m.incompatible & set(names)
+        if clash:
+            raise ConfigError(f"mechanism {m.name!r} cannot be combined with {sorted(clash)}")
+    return out
+
+
+def parse_mechanism_option(text: str) -> MechanismConfig:
+    """Parse the CLI form ``name:key=value,key=value`` into a :class:`MechanismConfig`."""
+    from forgetlab.config import parse_value
+
+    name, _, rest = text.partition(":")
+    knobs: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--mechanism {text!r}: {item!r} is not of the form key=value")
+        knobs[key.strip()] = parse_value(value.strip())
+    if not name.strip():
+        raise ConfigError(f"--mechanism {text!r} has no mechanism name")
+    return MechanismConfig(name=name.strip(), **knobs)

@@ -1,0 +1,114 @@
+"""The run directory: the contract between a run and everything that reads it.
+
+Layout (what analysis, reports and ``from_pretrained`` rely on)::
+
+    RUN_DIR/
+      run.json            config, domains, R matrices, unigram baselines, metrics, flops, tokens,
+                          timing, peak_memory, env, status (running | finished | failed)
+      curves.parquet      step, stage, stage_step, train_loss, lr, tokens_per_s, in-stage eval points
+      checkpoints/
+        step-00000120/    model.safetensors + trainer.pt (optimizer, RNG, cursor, mechanism state)
+        latest -> step-00000120
+      tb/                 TensorBoard event files
+
+Every file is written atomically; a finished run is never overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from forgetlab.atomic import atomic_write, atomic_write_json
+from forgetlab.config import ConfigError, RunConfig
+
+RUN_JSON = "run.json"
+CURVES = "curves.parquet"
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+TENSORBOARD = "tb"
+MODEL_FILE = "model.safetensors"
+TRAINER_FILE = "trainer.pt"
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """Stable short id of a resolved config (same config -> same id on every machine)."""
+    canonical = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+class RunDir:
+    """Paths of one run directory and the rules for (re)using it."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def run_json(self) -> Path:
+        return self.root / RUN_JSON
+
+    @property
+    def curves(self) -> Path:
+        return self.root / CURVES
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINTS
+
+    @property
+    def latest(self) -> Path:
+        return self.checkpoints / LATEST
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / TENSORBOARD
+
+    def read(self) -> dict[str, Any] | None:
+        if not self.run_json.exists():
+            return None
+        return json.loads(self.run_json.read_text())
+
+    def status(self) -> str | None:
+        data = self.read()
+        return None if data is None else data.get("status")
+
+    def has_checkpoint(self) -> bool:
+        return (self.latest / TRAINER_FILE).exists()
+
+    def check_usable(self, cfg: RunConfig) -> bool:
+        """Decide whether a run may start here; returns True when it should resume.
+
+        A finished run is never overwritten. A run that stopped (killed or failed) resumes from its
+        last checkpoint, but only with the same config: anything else would mix two experiments.
+        """
+        existing = self.read()
+        if existing is None:
+            if self.root.exists() and any(self.root.iterdir()):
+                raise ConfigError(
+                    f"--out {str(self.root)!r} exists and is not a forgetlab run directory; "
+                    "choose an empty or new directory"
+                )
+            return False
+        if existing.get("status") == "finished":
+            raise ConfigError(
+                f"--out {str(self.root)!r} holds a finished run (config {existing.get('config_hash')}); "
+                "it is never overwritten: choose another --out"
+            )
+        if existing.get("config_hash") != config_hash(cfg):
+            raise ConfigError(
+                f"--out {str(self.root)!r} holds an unfinished run with another config "
+                f"({existing.get('config_hash')} != {config_hash(cfg)}); resume it with the same "
+                "spec and overrides, or choose another --out"
+            )
+        return self.has_checkpoint()
+
+    def write_run_json(self, data: dict[str, Any]) -> None:
+        atomic_write_json(self.run_json, data)
+
+    def write_curves(self, rows: list[dict[str, Any]]) -> None:
+        frame = pd.DataFrame(rows)
+        atomic_write(self.curves, lambda p: frame.to_parquet(p, index=False))

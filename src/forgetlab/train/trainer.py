@@ -1,0 +1,536 @@
+"""The continual trainer: walk a stream of domains, evaluate every domain after every stage.
+
+For each stage ``s`` (domain ``s`` of the stream) the trainer runs ``steps_per_stage`` optimizer
+steps on that domain's train split, calling the mechanisms' hooks at their moments, then evaluates
+every domain on fixed validation windows, filling row ``s + 1`` of the R matrices (row 0 is the
+model before training). Checkpoints at every stage end (and every ``checkpoint_every`` steps) hold
+everything needed to resume exactly: a resumed run ends with the same numbers, bit for bit on the
+same machine, as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+import traceback
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from forgetlab.analysis.metrics import cl_metrics, convergence_steps
+from forgetlab.config import RunConfig
+from forgetlab.data import fixed_windows, open_stream, sample_windows
+from forgetlab.mechanisms import Batch, StepOutput, TrainContext, build_mechanisms
+from forgetlab.models import build_model, model_flops_per_token
+from forgetlab.train.checkpoint import load_checkpoint, save_checkpoint
+from forgetlab.train.device import (
+    autocast_factory,
+    resolve_device,
+    resolve_precision,
+    synchronize,
+)
+from forgetlab.train.env import environment, peak_memory_bytes
+from forgetlab.train.evaluate import EvalSet, evaluate, make_eval_set, unigram_baseline
+from forgetlab.train.flops import FlopsAccount, peak_flops
+from forgetlab.train.rundir import RunDir, config_hash
+from forgetlab.train.schedule import lr_at
+
+log = logging.getLogger("forgetlab.train")
+
+METRIC_KINDS = ("loss", "bpb", "accuracy")
+PHASES = ("data", "forward", "backward", "optimizer", "eval")
+
+
+def weighted_token_mean(token_loss: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Mean loss over tokens; with weights, sum(w * l) / sum(w) (gated-out tokens give no gradient)."""
+    if weights is None:
+        return token_loss.mean()
+    return (token_loss * weights).sum() / weights.sum().clamp_min(1e-8)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+    """AdamW, decaying matrices only (nanoGPT's grouping), fused where this torch supports it."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    kwargs = dict(lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2))
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, **kwargs)
+
+
+class PhaseTimer:
+    """Wall-clock seconds per phase and stage; synchronises CUDA so GPU time lands in its phase."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stages: dict[int, dict[str, float]] = defaultdict(lambda: dict.fromkeys(PHASES, 0.0))
+
+    def add(self, stage: int, phase: str, t0: float) -> float:
+        synchronize(self.device)
+        now = time.perf_counter()
+        self.stages[stage][phase] += now - t0
+        return now
+
+    def to_dict(self) -> dict[str, Any]:
+        per_stage = [dict(self.stages[s]) for s in sorted(self.stages)]
+        total = {p: sum(s[p] for s in per_stage) for p in PHASES}
+        return {"per_stage": per_stage, "total": total}
+
+    def load(self, state: dict[str, Any]) -> None:
+        for s, phases in enumerate(state["per_stage"]):
+            self.stages[s].update(phases)
+
+
+class Trainer:
+    """Runs one :class:`RunConfig` into one run directory (resuming it if it holds a checkpoint)."""
+
+    def __init__(self, cfg: RunConfig, out: str | Path, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.run_dir = RunDir(out)
+        self.progress = progress
+        self.resume = self.run_dir.check_usable(cfg)
+
+    # ----------------------------------------------------------------------------- setup
+    def _setup(self) -> None:
+        cfg = self.cfg
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self.device = resolve_device(cfg.device)
+        self.precision = resolve_precision(cfg.train.precision, self.device)
+        self.autocast = autocast_factory(self.device, self.precision)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+
+        assert cfg.data.tokenizer is not None, "resolve_run_config fills the tokenizer"
+        self.stream = open_stream(cfg.data.domains, cfg.data.tokenizer, cfg.data.cache_dir)
+        tok = self.stream.tokenizer
+        self.model = build_model(cfg.model, tok.vocab_size).to(self.device)
+        self.model_cfg = self.model.config
+        self.train_model = torch.compile(self.model) if cfg.train.compile else self.model
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.mechanisms = build_mechanisms(cfg.mechanisms)
+
+        token_bytes = tok.token_byte_lengths()
+        n_windows = cfg.data.val_batches * cfg.train.batch_size
+        block = self.model_cfg.block_size
+        self.eval_sets: list[EvalSet] = []
+        self.unigram: dict[str, dict[str, float]] = {}
+        for name in self.stream.domains:
+            dom = self.stream[name]
+            x, y = fixed_windows(dom.val, n_windows, block)
+            es = make_eval_set(x, y, token_bytes, self.device)
+            self.eval_sets.append(es)
+            self.unigram[name] = unigram_baseline(
+                dom.unigram_counts(), es, self.model_cfg.vocab_size
+            )
+
+        per_tok = model_flops_per_token(self.model_cfg, block)
+        self.flops = FlopsAccount(per_tok["train"], per_tok["forward"])
+        self.peak, self.peak_source = peak_flops(self.device, self.precision)
+        self.timer = PhaseTimer(self.device)
+        gen_device = self.device if self.device.type == "cuda" else "cpu"
+        self.generator = torch.Generator(device=gen_device).manual_seed(cfg.seed)
+        self.ctx = TrainContext(
+            config=cfg,
+            model=self.model,
+            optimizer=self.optimizer,
+            stream=self.stream,
+            device=self.device,
+            autocast=self.autocast,
+            generator=self.generator,
+            extra_step=self._extra_step,
+        )
+        self.R: dict[str, list[list[float]]] = {k: [] for k in METRIC_KINDS}
+        self.curves: list[dict[str, Any]] = []
+        self.stage_start_step = 0
+        self.data_rng = np.random.default_rng([cfg.seed, 0])
+        self.mech_flops_at_stage_start = 0.0
+        self.started = datetime.now(timezone.utc).isoformat()
+        self.tb = None
+
+    def _tensorboard(self) -> Any:
+        if self.tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.run_dir.tensorboard))
+        return self.tb
+
+    # ------------------------------------------------------------------------ training step
+    def _forward_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        with self.autocast():
+            logits = self.train_model(batch.x)
+        token_loss = F.cross_entropy(
+            logits.float().flatten(0, 1), batch.y.flatten(), reduction="none"
+        ).view_as(batch.y)
+        loss = weighted_token_mean(token_loss, batch.weights)
+        output = StepOutput(logits=logits, token_loss=token_loss)
+        terms: dict[str, float] = {}
+        for m in self.mechanisms:
+            for name, value in m.loss(self.ctx, batch, output).items():
+                loss = loss + value
+                terms[f"{m.name}/{name}"] = float(value.detach())
+        return loss, terms
+
+    def _optimizer_step(self, stage: int, t0: float) -> tuple[float, float]:
+        for m in self.mechanisms:
+            m.after_backward(self.ctx)
+        t0 = self.timer.add(stage, "backward", t0)
+        grad_norm = float("nan")
+        if self.cfg.train.grad_clip > 0:
+            grad_norm = float(
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+            )
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        for m in self.mechanisms:
+            m.after_step(self.ctx)
+        t0 = self.timer.add(stage, "optimizer", t0)
+        return grad_norm, t0
+
+    def _train_step(self, stage: int) -> dict[str, float]:
+        cfg = self.cfg.train
+        domain = self.stream[self.stream.domains[stage]]
+        block = self.model_cfg.block_size
+        total, tokens = 0.0, 0
+        terms: dict[str, float] = {}
+        t0 = time.perf_counter()
+        for _ in range(cfg.grad_accum):
+            x, y = sample_windows(domain.train, self.data_rng, cfg.batch_size, block)
+            batch = Batch(x.to(self.device), y.to(self.device), None, stage)
+            for m in self.mechanisms:
+                batch = m.make_batch(self.ctx, batch)
+            t0 = self.timer.add(stage, "data", t0)
+            loss, micro_terms = self._forward_loss(batch)
+            t0 = self.timer.add(stage, "forward", t0)
+            (loss / cfg.grad_accum).backward()
+            t0 = self.timer.add(stage, "backward", t0)
+            total += float(loss.detach()) / cfg.grad_accum
+            tokens += batch.n_tokens
+            for k, v in micro_terms.items():
+                terms[k] = terms.get(k, 0.0) + v / cfg.grad_accum
+        grad_norm, _ = self._optimizer_step(stage, t0)
+        self.flops.add_train(stage, tokens)
+        return {"train_loss": total, "grad_norm": grad_norm, "tokens": tokens, **terms}
+
+    def _extra_step(self, batch: Batch) -> float:
+        """One optimizer step on a batch a mechanism supplies (e.g. a sleep phase on the buffer).
+
+        Its forward/backward FLOPs are counted as mechanism compute; gradient and weight hooks run
+        as in a normal step, so masks and projections hold during extra steps too.
+        """
+        stage = self.ctx.stage
+        t0 = time.perf_counter()
+        loss, _ = self._forward_loss(batch)
+        t0 = self.timer.add(stage, "forward", t0)
+        loss.backward()
+        self._optimizer_step(stage, t0)
+        self.flops.add_extra(stage, batch.n_tokens)
+        return float(loss.detach())
+
+    # --------------------------------------------------------------------------- evaluation
+    def _evaluate_all(self, stage_for_accounting: int) -> dict[str, list[float]]:
+        t0 = time.perf_counter()
+        row: dict[str, list[float]] = {k: [] for k in METRIC_KINDS}
+        for j, es in enumerate(self.eval_sets):
+            with _scoped(self.mechanisms, self.ctx, j):
+                res = evaluate(self.model, es, self.cfg.data.eval_batch_size, self.autocast)
+            for k in METRIC_KINDS:
+                row[k].append(res[k])
+            self.flops.add_eval(stage_for_accounting, es.n_tokens)
+        self.timer.add(stage_for_accounting, "eval", t0)
+        return row
+
+    def _evaluate_new_domain(self, stage: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        es = self.eval_sets[stage]
+        with _scoped(self.mechanisms, self.ctx, stage):
+            res = evaluate(self.model, es, self.cfg.data.eval_batch_size, self.autocast)
+        self.flops.add_eval(stage, es.n_tokens)
+        self.timer.add(stage, "eval", t0)
+        return res
+
+    # -------------------------------------------------------------------------- persistence
+    def _state(self, stage: int, step: int) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "config_hash": config_hash(self.cfg),
+            "cursor": {"stage": stage, "step": step, "global_step": self.ctx.global_step},
+            "optimizer": self.optimizer.state_dict(),
+            "rng": {
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+                "generator": self.generator.get_state(),
+                "data": self.data_rng.bit_generator.state,
+            },
+            "R": self.R,
+            "curves": self.curves,
+            "flops": self.flops.stages,
+            "timing": self.timer.to_dict(),
+            "mech_flops_at_stage_start": self.mech_flops_at_stage_start,
+            "mechanisms": {m.name: m.state_dict() for m in self.mechanisms},
+            "started": self.started,
+        }
+        if self.device.type == "cuda":
+            state["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _restore(self, state: dict[str, Any]) -> tuple[int, int]:
+        self.optimizer.load_state_dict(state["optimizer"])
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        self.generator.set_state(rng["generator"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        self.data_rng.bit_generator.state = rng["data"]
+        self.R = state["R"]
+        self.curves = state["curves"]
+        self.flops.stages = state["flops"]
+        self.timer.load(state["timing"])
+        self.mech_flops_at_stage_start = state["mech_flops_at_stage_start"]
+        for m in self.mechanisms:
+            m.load_state_dict(state["mechanisms"].get(m.name, {}))
+        self.started = state["started"]
+        cur = state["cursor"]
+        self.ctx.global_step = cur["global_step"]
+        return cur["stage"], cur["step"]
+
+    def _checkpoint(self, stage: int, step: int) -> None:
+        save_checkpoint(self.run_dir, self.model, self._state(stage, step), self.ctx.global_step)
+        self.run_dir.write_curves(self.curves)
+
+    def _record(self, status: str, error: str | None = None) -> dict[str, Any]:
+        """The run.json document; R rows so far, metrics once the stream is done."""
+        cfg = self.cfg
+        domains = list(self.stream.domains)
+        complete = len(self.R["loss"]) == len(domains) + 1
+        metrics: dict[str, Any] = {}
+        if complete:
+            metrics = {k: cl_metrics(self.R[k], k) for k in METRIC_KINDS}  # type: ignore[arg-type]
+            metrics["convergence_steps"] = self._convergence()
+        flops = self.flops.to_dict()
+        timing = self.timer.to_dict()
+        train_s = sum(timing["total"][p] for p in PHASES if p != "eval")
+        train_flops = flops["total"]["train"] + flops["total"]["extra_steps"]  # type: ignore[index]
+        throughput = {
+            "train_tokens_per_s": flops["total"]["train_tokens"] / train_s if train_s else None,  # type: ignore[index]
+            "train_flops_per_s": train_flops / train_s if train_s else None,
+            "peak_flops": self.peak,
+            "peak_source": self.peak_source,
+        }
+        throughput["mfu"] = (
+            throughput["train_flops_per_s"] / self.peak
+            if self.peak and throughput["train_flops_per_s"]
+            else None
+        )
+        return {
+            "status": status,
+            "error": error,
+            "name": cfg.name,
+            "config_hash": config_hash(cfg),
+            "config": cfg.model_dump(mode="json"),
+            "model": self.model_cfg.model_dump(mode="json"),
+            "parameters": {
+                "total": self.model.num_params(),
+                "trainable": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+            },
+            "precision": self.precision,
+            "domains": domains,
+            "tokenizer": self.stream.tokenizer.name,
+            "R": self.R,
+            "unigram": {k: [self.unigram[d][k] for d in domains] for k in METRIC_KINDS},
+            "metrics": metrics,
+            "flops": flops,
+            "tokens": {
+                "train_per_stage": [s["train_tokens"] for s in self.flops.stages],
+                "train_total": flops["total"]["train_tokens"],  # type: ignore[index]
+                "eval_per_domain": [es.n_tokens for es in self.eval_sets],
+            },
+            "timing": {**timing, "throughput": throughput},
+            "peak_memory": peak_memory_bytes(self.device),
+            "env": environment(self.device),
+            "started": self.started,
+            "updated": datetime.now(timezone.utc).isoformat(),
+        }
+
+    def _convergence(self) -> list[int | None]:
+        out: list[int | None] = []
+        for s in range(len(self.stream.domains)):
+            pts = [(0, self.R["loss"][s][s])] + [
+                (r["stage_step"], r["val_loss"])
+                for r in self.curves
+                if r.get("stage") == s and r.get("val_loss") is not None
+            ]
+            out.append(
+                convergence_steps([p[0] for p in pts], [p[1] for p in pts])
+                if len(pts) > 1
+                else None
+            )
+        return out
+
+    # ------------------------------------------------------------------------------ the run
+    def run(self) -> dict[str, Any]:
+        self._setup()
+        try:
+            record = self._run()
+        except BaseException as e:
+            err = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"
+            self.run_dir.write_run_json(self._record("failed", err))
+            raise
+        finally:
+            if self.tb is not None:
+                self.tb.close()
+        return record
+
+    def _run(self) -> dict[str, Any]:
+        n_stages = len(self.stream.domains)
+        self.run_dir.root.mkdir(parents=True, exist_ok=True)
+        for m in self.mechanisms:
+            m.setup(self.ctx)
+        if self.resume:
+            stage0, step0 = self._restore(load_checkpoint(self.run_dir, self.model))
+            log.info("resuming %s at stage %d step %d", self.run_dir.root, stage0, step0)
+        else:
+            stage0, step0 = 0, 0
+            row = self._evaluate_all(0)
+            for k in METRIC_KINDS:
+                self.R[k].append(row[k])
+        self.run_dir.write_run_json(self._record("running"))
+
+        for stage in range(stage0, n_stages):
+            self._run_stage(stage, step0 if stage == stage0 else 0, n_stages)
+        record = self._record("finished")
+        self.run_dir.write_curves(self.curves)
+        self.run_dir.write_run_json(record)
+        return record
+
+    def _run_stage(self, stage: int, start_step: int, n_stages: int) -> None:
+        cfg = self.cfg.train
+        ctx = self.ctx
+        ctx.stage = stage
+        name = self.stream.domains[stage]
+        if start_step == 0:
+            self.data_rng = np.random.default_rng([self.cfg.seed, stage])
+            for m in self.mechanisms:
+                m.on_stage_start(ctx)
+            self.mech_flops_at_stage_start = self._mechanism_flops()
+        bar = tqdm(
+            total=cfg.steps_per_stage,
+            initial=start_step,
+            desc=f"stage {stage + 1}/{n_stages} {name}",
+            disable=not self.progress,
+            leave=True,
+            dynamic_ncols=True,
+        )
+        tb = self._tensorboard()
+        window_t, window_tokens = time.perf_counter(), 0
+        for step in range(start_step, cfg.steps_per_stage):
+            ctx.step = step
+            lr = lr_at(cfg, stage, step, n_stages)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            stats = self._train_step(stage)
+            ctx.global_step += 1
+            window_tokens += stats["tokens"]
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps_per_stage:
+                now = time.perf_counter()
+                tps = window_tokens / max(now - window_t, 1e-9)
+                window_t, window_tokens = now, 0
+                row = {
+                    "step": ctx.global_step,
+                    "stage": stage,
+                    "stage_step": done,
+                    "domain": name,
+                    "lr": lr,
+                    "tokens_per_s": tps,
+                    **{k: v for k, v in stats.items() if k != "tokens"},
+                    **ctx.log,
+                }
+                self.curves.append(row)
+                for k, v in row.items():
+                    if isinstance(v, float) and math.isfinite(v) and k not in ("stage", "step"):
+                        tb.add_scalar(f"train/{k}", v, ctx.global_step)
+                bar.set_postfix(loss=f"{stats['train_loss']:.3f}", tok_s=f"{tps:,.0f}")
+            if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps_per_stage:
+                res = self._evaluate_new_domain(stage)
+                self.curves.append(
+                    {
+                        "step": ctx.global_step,
+                        "stage": stage,
+                        "stage_step": done,
+                        "domain": name,
+                        "val_loss": res["loss"],
+                        "val_accuracy": res["accuracy"],
+                    }
+                )
+                tb.add_scalar(f"val/{name}/loss", res["loss"], ctx.global_step)
+            bar.update(1)
+            if (
+                cfg.checkpoint_every
+                and ctx.global_step % cfg.checkpoint_every == 0
+                and done < cfg.steps_per_stage
+            ):
+                self._checkpoint(stage, done)
+        bar.close()
+
+        for m in self.mechanisms:
+            m.on_stage_end(ctx)
+        self.flops.set_mechanisms(stage, self._mechanism_flops() - self.mech_flops_at_stage_start)
+        row = self._evaluate_all(stage)
+        for k in METRIC_KINDS:
+            self.R[k].append(row[k])
+        if cfg.eval_every:
+            self.curves.append(
+                {
+                    "step": ctx.global_step,
+                    "stage": stage,
+                    "stage_step": cfg.steps_per_stage,
+                    "domain": name,
+                    "val_loss": row["loss"][stage],
+                    "val_accuracy": row["accuracy"][stage],
+                }
+            )
+        for j, d in enumerate(self.stream.domains):
+            tb.add_scalar(f"R/loss/{d}", row["loss"][j], stage + 1)
+        log.info(
+            "stage %d (%s) done: losses %s", stage + 1, name, [round(v, 3) for v in row["loss"]]
+        )
+        self._checkpoint(stage + 1, 0)
+        self.run_dir.write_run_json(self._record("running"))
+
+    def _mechanism_flops(self) -> float:
+        return float(sum(m.flops(self.ctx) for m in self.mechanisms))
+
+
+class _scoped:
+    """Enter every mechanism's ``eval_scope`` for one domain (task-ID routing, masks)."""
+
+    def __init__(self, mechanisms: list[Any], ctx: TrainContext, domain_index: int) -> None:
+        import contextlib
+
+        self.stack = contextlib.ExitStack()
+        self.items = [(m, ctx, domain_index) for m in mechanisms]
+
+    def __enter__(self) -> None:
+        for m, ctx, j in self.items:
+            self.stack.enter_context(m.eval_scope(ctx, j))
+
+    def __exit__(self, *exc: object) -> None:
+        self.stack.close()

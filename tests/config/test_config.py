@@ -1,0 +1,94 @@
+"""Spec loading, presets, --set overrides and the validation messages researchers will read."""
+
+import pytest
+
+from forgetlab.config import (
+    ConfigError,
+    apply_overrides,
+    load_run_config,
+    parse_value,
+    resolve_run_config,
+)
+
+
+def test_preset_fills_model_and_tokenizer_and_spec_wins():
+    cfg = resolve_run_config({"model": {"preset": "small", "n_layer": 3}})
+    assert (cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head) == (3, 512, 8)
+    assert cfg.model.d_ff == 2048 and cfg.model.block_size == 512
+    assert cfg.data.tokenizer == "gpt2"
+
+
+def test_override_beats_spec_and_parses_types():
+    raw = {"model": {"preset": "tiny"}, "train": {"lr": 1e-3}}
+    cfg = resolve_run_config(raw, ["train.lr=3e-4", "train.precision=fp32", "model.bias=false"])
+    assert cfg.train.lr == 3e-4 and cfg.train.precision == "fp32" and cfg.model.bias is False
+    assert raw["train"]["lr"] == 1e-3  # the caller's dict is not mutated
+
+
+def test_parse_value_reads_toml_literals_and_bare_strings():
+    assert parse_value("3") == 3
+    assert parse_value("[1, 2]") == [1, 2]
+    assert parse_value("true") is True
+    assert parse_value("bf16") == "bf16"
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"unknown key 'train.stepz' \(value 5\)"):
+        resolve_run_config({}, ["train.stepz=5"])
+
+
+def test_wrong_type_names_key_and_value():
+    with pytest.raises(ConfigError, match=r"train.batch_size = 'many'"):
+        resolve_run_config({}, ["train.batch_size=many"])
+
+
+def test_literal_lists_allowed_values():
+    with pytest.raises(ConfigError, match=r"train.precision = 'fp8'.*'auto', 'fp32' or 'bf16'"):
+        resolve_run_config({}, ["train.precision=fp8"])
+
+
+def test_impossible_shape_lists_allowed_heads():
+    with pytest.raises(
+        ConfigError, match=r"model.n_embd = 100 is not divisible by model.n_head = 3"
+    ):
+        resolve_run_config({"model": {"n_embd": 100, "n_head": 3}})
+
+
+def test_unknown_preset_lists_presets():
+    with pytest.raises(ConfigError, match=r"model.preset = 'huge'.*'gpt2-124m', 'micro'"):
+        resolve_run_config({"model": {"preset": "huge"}})
+
+
+def test_duplicate_domains_refused():
+    with pytest.raises(ConfigError, match="twice"):
+        resolve_run_config({"data": {"domains": ["code", "code"]}})
+
+
+def test_override_into_a_value_is_refused():
+    with pytest.raises(ConfigError, match="is a value, not a table"):
+        apply_overrides({"seed": 1}, ["seed.x=2"])
+
+
+def test_spec_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_run_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_run_config(bad)
+
+
+def test_quickstart_spec_is_valid():
+    from pathlib import Path
+
+    spec = Path(__file__).resolve().parents[2] / "experiments" / "quickstart.toml"
+    cfg = load_run_config(spec)
+    assert cfg.data.domains == ["code", "math", "medical", "legal", "dialogue"]
+    assert cfg.model.n_layer == 4 and cfg.data.tokenizer == "bpe-2k"
+
+
+def test_user_source_needs_exactly_one_origin():
+    with pytest.raises(ConfigError, match="exactly one of 'files' or 'hf_dataset'"):
+        resolve_run_config({"data": {"sources": {"mine": {}}}})
+    cfg = resolve_run_config({"data": {"sources": {"mine": {"files": ["a/*.txt"]}}}})
+    assert cfg.data.sources["mine"].files == ["a/*.txt"]

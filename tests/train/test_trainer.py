@@ -1,0 +1,133 @@
+"""End-to-end trainer behaviour on the shipped fixture corpus with the micro preset (seconds)."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from forgetlab.config import ConfigError, resolve_run_config
+from forgetlab.models import load_model
+from forgetlab.train import RunDir, Trainer
+
+STEPS = 6
+
+
+def micro_config(fixture_data, domains=3, **train):
+    raw = {
+        "name": "micro-test",
+        "seed": 1,
+        "model": {"preset": "micro"},
+        "data": {
+            "domains": fixture_data.domains[:domains],
+            "tokenizer": fixture_data.tokenizer,
+            "cache_dir": fixture_data.cache_dir,
+            "val_batches": 2,
+            "eval_batch_size": 8,
+        },
+        "train": {
+            "steps_per_stage": STEPS,
+            "batch_size": 4,
+            "warmup_steps": 2,
+            "lr": 3e-3,
+            "precision": "fp32",
+            "log_every": 2,
+            **train,
+        },
+    }
+    return resolve_run_config(raw)
+
+
+@pytest.fixture(scope="module")
+def finished_run(fixture_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    cfg = micro_config(fixture_data, eval_every=3)
+    record = Trainer(cfg, out, progress=False).run()
+    return cfg, out, record
+
+
+def test_run_json_holds_the_contract(finished_run):
+    cfg, out, _record = finished_run
+    on_disk = json.loads((out / "run.json").read_text())
+    assert on_disk["status"] == "finished" and on_disk["domains"] == cfg.data.domains
+    for kind in ("loss", "bpb", "accuracy"):
+        r = on_disk["R"][kind]
+        assert len(r) == 4 and all(len(row) == 3 for row in r)  # (T+1) x T
+        assert len(on_disk["unigram"][kind]) == 3
+    for key in ("metrics", "flops", "tokens", "timing", "peak_memory", "env", "config"):
+        assert key in on_disk
+    assert set(on_disk["metrics"]) >= {"loss", "bpb", "accuracy", "convergence_steps"}
+    assert on_disk["tokens"]["train_total"] == 3 * STEPS * 4 * 64
+    assert on_disk["timing"]["per_stage"][0]["forward"] > 0
+
+
+def test_training_lowers_the_loss_of_the_trained_domain(finished_run):
+    _, _, record = finished_run
+    r = record["R"]["loss"]
+    for j in range(3):
+        assert r[j + 1][j] < r[0][j]
+
+
+def test_bpb_is_loss_in_bits_over_bytes(finished_run):
+    _, _, record = finished_run
+    loss, bpb = record["R"]["loss"][0][0], record["R"]["bpb"][0][0]
+    # bytes per token of this tokenizer on this text is between 1 and 8
+    ratio = (loss / 0.6931471805599453) / bpb
+    assert 1.0 < ratio < 8.0
+
+
+def test_curves_checkpoints_and_tensorboard_written(finished_run):
+    _, out, _ = finished_run
+    curves = pd.read_parquet(out / "curves.parquet")
+    assert {"step", "stage", "train_loss", "lr", "tokens_per_s", "val_loss"} <= set(curves.columns)
+    assert curves["val_loss"].notna().sum() == 3 * 2  # in-stage at step 3 and the stage end
+    assert (out / "checkpoints" / "latest" / "model.safetensors").exists()
+    assert any((out / "tb").iterdir())
+
+
+def test_finished_run_is_never_overwritten(finished_run):
+    cfg, out, _ = finished_run
+    with pytest.raises(ConfigError, match="finished run"):
+        Trainer(cfg, out, progress=False)
+
+
+def test_unfinished_run_with_other_config_is_refused(fixture_data, tmp_path):
+    out = tmp_path / "run"
+    RunDir(out).root.mkdir()
+    RunDir(out).write_run_json({"status": "running", "config_hash": "other"})
+    with pytest.raises(ConfigError, match="another config"):
+        Trainer(micro_config(fixture_data), out, progress=False)
+
+
+def test_resumed_run_ends_bitwise_equal_to_uninterrupted(fixture_data, tmp_path, monkeypatch):
+    cfg = micro_config(fixture_data, domains=2, checkpoint_every=4)
+    ref = Trainer(cfg, tmp_path / "ref", progress=False).run()
+
+    calls = {"n": 0}
+    original = Trainer._train_step
+
+    def crashing(self, stage):
+        calls["n"] += 1
+        if calls["n"] == 10:  # stage 2, step 4: after the mid-stage checkpoint at global step 8
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, stage)
+
+    monkeypatch.setattr(Trainer, "_train_step", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, tmp_path / "resumed", progress=False).run()
+    assert RunDir(tmp_path / "resumed").status() == "failed"
+    monkeypatch.setattr(Trainer, "_train_step", original)
+    resumed = Trainer(cfg, tmp_path / "resumed", progress=False).run()
+
+    assert resumed["R"] == ref["R"]
+    a = load_model(tmp_path / "ref" / "checkpoints" / "latest" / "model.safetensors")
+    b = load_model(tmp_path / "resumed" / "checkpoints" / "latest" / "model.safetensors")
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(pa, pb), name
+
+
+def test_same_seed_same_numbers(fixture_data, tmp_path):
+    cfg = micro_config(fixture_data, domains=1)
+    a = Trainer(cfg, tmp_path / "a", progress=False).run()
+    b = Trainer(cfg, tmp_path / "b", progress=False).run()
+    assert a["R"] == b["R"]
