@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from forgetlab.analysis.metrics import cl_metrics, convergence_steps
-from forgetlab.config import RunConfig
+from forgetlab.config import ConfigError, RunConfig
 from forgetlab.data import fixed_windows, open_stream, sample_windows
 from forgetlab.mechanisms import Batch, StepOutput, TrainContext, build_mechanisms
 from forgetlab.models import build_model, model_flops_per_token
@@ -119,7 +119,7 @@ class Trainer:
         assert cfg.data.tokenizer is not None, "resolve_run_config fills the tokenizer"
         self.stream = open_stream(cfg.data.domains, cfg.data.tokenizer, cfg.data.cache_dir)
         tok = self.stream.tokenizer
-        self.model = build_model(cfg.model, tok.vocab_size).to(self.device)
+        self.model = build_model(cfg.model, self._vocab_size(tok.vocab_size)).to(self.device)
         self.model_cfg = self.model.config
         self.train_model = torch.compile(self.model) if cfg.train.compile else self.model
         self.optimizer = build_optimizer(self.model, cfg)
@@ -162,6 +162,18 @@ class Trainer:
         self.mech_flops_at_stage_start = 0.0
         self.started = datetime.now(timezone.utc).isoformat()
         self.tb = None
+
+    def _vocab_size(self, tokenizer_vocab: int) -> int | None:
+        """The tokenizer's vocabulary, unless the spec pads it (e.g. 50304 for GPU efficiency)."""
+        configured = self.cfg.model.vocab_size
+        if configured is None:
+            return tokenizer_vocab
+        if configured < tokenizer_vocab:
+            raise ConfigError(
+                f"model.vocab_size = {configured} is smaller than the {self.cfg.data.tokenizer} "
+                f"tokenizer's {tokenizer_vocab} tokens"
+            )
+        return None
 
     def _tensorboard(self) -> Any:
         if self.tb is None:

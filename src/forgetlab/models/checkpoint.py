@@ -1,0 +1,92 @@
+"""forgetlab's own checkpoint: one ``.safetensors`` file, the ``ModelConfig`` as JSON metadata.
+
+safetensors rather than pickles: loading runs no code and is memory-mapped. A tied LM head is
+stored once (safetensors refuses shared tensors, and the weight is the token embedding anyway).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from pydantic import ValidationError
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from forgetlab.config import ModelConfig
+from forgetlab.models.errors import ModelLoadError
+from forgetlab.models.gpt import GPT
+
+FORMAT = "forgetlab.gpt/1"
+_FORMAT_KEY = "format"
+_CONFIG_KEY = "forgetlab_model_config"
+_TIED_KEY = "lm_head.weight"
+
+
+def state_dict_to_save(model: GPT) -> dict[str, torch.Tensor]:
+    """The model's state dict as plain contiguous tensors, a tied head left out."""
+    state = model.state_dict()
+    if model.config.tie_embeddings:
+        state.pop(_TIED_KEY, None)
+    return {k: v.detach().contiguous() for k, v in state.items()}
+
+
+def save_model(model: GPT, path: str | Path) -> Path:
+    """Write ``model`` to ``path`` atomically (temp file in the same directory, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    metadata = {_FORMAT_KEY: FORMAT, _CONFIG_KEY: model.config.model_dump_json()}
+    try:
+        save_file(state_dict_to_save(model), str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The safetensors header metadata of ``path`` ({} when there is none)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError) as e:
+        raise ModelLoadError(f"{str(path)!r} is not a readable safetensors file: {e}") from None
+
+
+def is_forgetlab_checkpoint(path: Path) -> bool:
+    return path.is_file() and read_metadata(path).get(_FORMAT_KEY) == FORMAT
+
+
+def load_state_into(model: GPT, state: dict[str, torch.Tensor], source: str) -> GPT:
+    """Load ``state`` into ``model``: every key must fit, only a tied head may be missing."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    allowed_missing = {_TIED_KEY} if model.config.tie_embeddings else set()
+    missing = [k for k in missing if k not in allowed_missing]
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"{source}: weights do not fit the model config; missing {missing}, "
+            f"unexpected {unexpected}"
+        )
+    return model
+
+
+def load_model(path: str | Path) -> GPT:
+    """Read a checkpoint written by :func:`save_model`; the model is returned in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{str(path)!r} does not exist or is not a file")
+    metadata = read_metadata(path)
+    if metadata.get(_FORMAT_KEY) != FORMAT or _CONFIG_KEY not in metadata:
+        raise ModelLoadError(
+            f"{str(path)!r} is a safetensors file but not a forgetlab checkpoint "
+            f"(no {_FORMAT_KEY}={FORMAT!r} metadata)"
+        )
+    try:
+        cfg = ModelConfig.model_validate(json.loads(metadata[_CONFIG_KEY]))
+    except (ValidationError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{str(path)!r}: stored model config is invalid: {e}") from None
+    model = GPT(cfg)
+    return load_state_into(model, load_file(str(path)), repr(str(path))).eval()

@@ -1,0 +1,9 @@
+"""Errors raised when a model cannot be read from, or written to, a checkpoint format."""
+
+
+class ModelLoadError(ValueError):
+    """A path that is not a checkpoint forgetlab can read, or a checkpoint that does not fit."""
+
+
+class ModelExportError(ValueError):
+    """A model whose parts the target format (e.g. Hugging Face GPT-2) cannot express."""
