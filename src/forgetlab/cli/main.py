@@ -42,7 +42,7 @@ def clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except (ConfigError, DataError, ModelLoadError) as e:
-            console.print(f"[bold red]error:[/] {e}", highlight=False)
+            typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -179,3 +179,7 @@ def show(
         return
     console.print(f"status: {record['status']}")
     print_run_summary(record, console)
+
+
+if __name__ == "__main__":
+    app()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 KIND_TITLES = {"loss": "loss (nats/token)", "bpb": "bits per byte", "accuracy": "top-1 accuracy"}
@@ -12,7 +13,8 @@ KIND_TITLES = {"loss": "loss (nats/token)", "bpb": "bits per byte", "accuracy": 
 
 def r_matrix_table(record: dict[str, Any], kind: str) -> Table:
     domains = record["domains"]
-    table = Table(title=f"R[{kind}]: {KIND_TITLES[kind]}, row = after stage, column = domain")
+    title = escape(f"R[{kind}]: {KIND_TITLES[kind]} (row: after stage, column: domain)")
+    table = Table(title=title)
     table.add_column("after", style="bold")
     for d in domains:
         table.add_column(d, justify="right")

@@ -72,6 +72,8 @@ def _format_validation_error(err: ValidationError) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             lines.append(f"unknown key {loc!r} (value {e['input']!r})")
+        elif e["type"] == "value_error":  # our validators name the keys and values themselves
+            lines.append(msg)
         elif loc:
             lines.append(f"{loc} = {e.get('input')!r}: {msg}")
         else:

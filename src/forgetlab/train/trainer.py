@@ -10,6 +10,7 @@ same machine, as one that never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from forgetlab.analysis.metrics import cl_metrics, convergence_steps
@@ -37,6 +39,7 @@ from forgetlab.train.device import (
     resolve_precision,
     synchronize,
 )
+from forgetlab.train.distributed import init_distributed, shutdown_distributed
 from forgetlab.train.env import environment, peak_memory_bytes
 from forgetlab.train.evaluate import EvalSet, evaluate, make_eval_set, unigram_baseline
 from forgetlab.train.flops import FlopsAccount, peak_flops
@@ -109,7 +112,7 @@ class Trainer:
         cfg = self.cfg
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        self.device = resolve_device(cfg.device)
+        self.dist, self.device = init_distributed(resolve_device(cfg.device))
         self.precision = resolve_precision(cfg.train.precision, self.device)
         self.autocast = autocast_factory(self.device, self.precision)
         random.seed(cfg.seed)
@@ -122,6 +125,9 @@ class Trainer:
         self.model = build_model(cfg.model, self._vocab_size(tok.vocab_size)).to(self.device)
         self.model_cfg = self.model.config
         self.train_model = torch.compile(self.model) if cfg.train.compile else self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.train_model, device_ids=ids)
         self.optimizer = build_optimizer(self.model, cfg)
         self.mechanisms = build_mechanisms(cfg.mechanisms)
 
@@ -177,10 +183,21 @@ class Trainer:
 
     def _tensorboard(self) -> Any:
         if self.tb is None:
-            from torch.utils.tensorboard import SummaryWriter
+            if self.dist.is_main:
+                from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(self.run_dir.tensorboard))
+                self.tb = SummaryWriter(str(self.run_dir.tensorboard))
+            else:
+                self.tb = _NullWriter()
         return self.tb
+
+    def _write_run_json(self, record: dict[str, Any]) -> None:
+        if self.dist.is_main:  # under torchrun only rank 0 owns the run directory
+            self.run_dir.write_run_json(record)
+
+    def _write_curves(self, rows: list[dict[str, Any]]) -> None:
+        if self.dist.is_main:
+            self.run_dir.write_curves(rows)
 
     # ------------------------------------------------------------------------ training step
     def _forward_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -221,18 +238,25 @@ class Trainer:
         total, tokens = 0.0, 0
         terms: dict[str, float] = {}
         t0 = time.perf_counter()
-        for _ in range(cfg.grad_accum):
-            x, y = sample_windows(domain.train, self.data_rng, cfg.batch_size, block)
+        world, rank = self.dist.world_size, self.dist.rank
+        for micro in range(cfg.grad_accum):
+            # every rank draws the global batch from the same generator and keeps its slice
+            x, y = sample_windows(domain.train, self.data_rng, cfg.batch_size * world, block)
+            if world > 1:
+                rows = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
+                x, y = x[rows], y[rows]
             batch = Batch(x.to(self.device), y.to(self.device), None, stage)
             for m in self.mechanisms:
                 batch = m.make_batch(self.ctx, batch)
             t0 = self.timer.add(stage, "data", t0)
-            loss, micro_terms = self._forward_loss(batch)
-            t0 = self.timer.add(stage, "forward", t0)
-            (loss / cfg.grad_accum).backward()
+            sync = micro == cfg.grad_accum - 1 or not self.dist.enabled
+            with contextlib.nullcontext() if sync else self.train_model.no_sync():
+                loss, micro_terms = self._forward_loss(batch)
+                t0 = self.timer.add(stage, "forward", t0)
+                (loss / cfg.grad_accum).backward()
             t0 = self.timer.add(stage, "backward", t0)
             total += float(loss.detach()) / cfg.grad_accum
-            tokens += batch.n_tokens
+            tokens += batch.n_tokens * world
             for k, v in micro_terms.items():
                 terms[k] = terms.get(k, 0.0) + v / cfg.grad_accum
         grad_norm, _ = self._optimizer_step(stage, t0)
@@ -324,8 +348,10 @@ class Trainer:
         return cur["stage"], cur["step"]
 
     def _checkpoint(self, stage: int, step: int) -> None:
+        if not self.dist.is_main:
+            return
         save_checkpoint(self.run_dir, self.model, self._state(stage, step), self.ctx.global_step)
-        self.run_dir.write_curves(self.curves)
+        self._write_curves(self.curves)
 
     def _record(self, status: str, error: str | None = None) -> dict[str, Any]:
         """The run.json document; R rows so far, metrics once the stream is done."""
@@ -346,11 +372,13 @@ class Trainer:
             "peak_flops": self.peak,
             "peak_source": self.peak_source,
         }
+        # MFU per device: the run's FLOP/s over the peak of all its devices together
         throughput["mfu"] = (
-            throughput["train_flops_per_s"] / self.peak
+            throughput["train_flops_per_s"] / (self.peak * self.dist.world_size)
             if self.peak and throughput["train_flops_per_s"]
             else None
         )
+        throughput["devices"] = self.dist.world_size
         return {
             "status": status,
             "error": error,
@@ -403,11 +431,12 @@ class Trainer:
             record = self._run()
         except BaseException as e:
             err = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"
-            self.run_dir.write_run_json(self._record("failed", err))
+            self._write_run_json(self._record("failed", err))
             raise
         finally:
             if self.tb is not None:
                 self.tb.close()
+            shutdown_distributed(self.dist)
         return record
 
     def _run(self) -> dict[str, Any]:
@@ -423,13 +452,13 @@ class Trainer:
             row = self._evaluate_all(0)
             for k in METRIC_KINDS:
                 self.R[k].append(row[k])
-        self.run_dir.write_run_json(self._record("running"))
+        self._write_run_json(self._record("running"))
 
         for stage in range(stage0, n_stages):
             self._run_stage(stage, step0 if stage == stage0 else 0, n_stages)
         record = self._record("finished")
-        self.run_dir.write_curves(self.curves)
-        self.run_dir.write_run_json(record)
+        self._write_curves(self.curves)
+        self._write_run_json(record)
         return record
 
     def _run_stage(self, stage: int, start_step: int, n_stages: int) -> None:
@@ -446,7 +475,7 @@ class Trainer:
             total=cfg.steps_per_stage,
             initial=start_step,
             desc=f"stage {stage + 1}/{n_stages} {name}",
-            disable=not self.progress,
+            disable=not (self.progress and self.dist.is_main),
             leave=True,
             dynamic_ncols=True,
         )
@@ -525,7 +554,7 @@ class Trainer:
             "stage %d (%s) done: losses %s", stage + 1, name, [round(v, 3) for v in row["loss"]]
         )
         self._checkpoint(stage + 1, 0)
-        self.run_dir.write_run_json(self._record("running"))
+        self._write_run_json(self._record("running"))
 
     def _mechanism_flops(self) -> float:
         return float(sum(m.flops(self.ctx) for m in self.mechanisms))
@@ -546,3 +575,13 @@ class _scoped:
 
     def __exit__(self, *exc: object) -> None:
         self.stack.close()
+
+
+class _NullWriter:
+    """Stands in for TensorBoard's writer on ranks other than 0."""
+
+    def add_scalar(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,56 @@
+"""Several devices per run through torchrun: data-parallel training with DistributedDataParallel.
+
+Launched as ``torchrun --nproc_per_node N -m forgetlab.cli.main run SPEC``, every process trains
+the same model on its slice of a global batch. The global batch is drawn by every rank from the
+same seeded generator and sliced by rank, so all ranks hold identical RNG state and rank 0's
+checkpoint resumes the whole group; N ranks with micro-batch B compute the same gradient as one
+process with micro-batch N x B (up to reduction order). Only rank 0 writes the run directory.
+Evaluation is repeated on every rank (identical numbers, no gather needed).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
+    """Join the process group torchrun describes in the environment (no-op for a single process).
+
+    On CUDA each rank takes the GPU of its local rank (NCCL); on the CPU ranks use gloo.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo(), device
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank, world, local_rank), device
+
+
+def shutdown_distributed(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

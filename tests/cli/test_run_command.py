@@ -1,0 +1,119 @@
+"""`forgetlab run` / `show` end to end, and data-parallel training under torchrun (gloo on CPU)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FIXTURE_CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "corpus"
+
+
+def write_spec(path: Path, fixture_data, domains: int = 2, **train) -> Path:
+    lines = [
+        'name = "cli-test"',
+        "seed = 3",
+        "[model]",
+        'preset = "micro"',
+        "[data]",
+        f"domains = {json.dumps(fixture_data.domains[:domains])}",
+        f'tokenizer = "{fixture_data.tokenizer}"',
+        f'cache_dir = "{fixture_data.cache_dir}"',
+        "val_batches = 2",
+        "[train]",
+        "steps_per_stage = 4",
+        "warmup_steps = 1",
+        'precision = "fp32"',
+        *(f"{k} = {json.dumps(v)}" for k, v in train.items()),
+    ]
+    for d in fixture_data.domains[:domains]:
+        lines += [
+            f"[data.sources.{d}]",
+            f'files = ["{FIXTURE_CORPUS / d / "*.jsonl"}"]',
+            "val_fraction = 0.2",
+        ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def forgetlab(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "forgetlab.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        timeout=300,
+    )
+
+
+def test_run_prints_r_matrices_and_refuses_to_overwrite(fixture_data, tmp_path):
+    spec = write_spec(tmp_path / "spec.toml", fixture_data, batch_size=4)
+    out = tmp_path / "run"
+    res = forgetlab("run", str(spec), "--out", str(out), "--quiet", "--set", "train.lr=2e-3")
+    assert res.returncode == 0, res.stderr
+    assert "R[loss]" in res.stdout and "average_forgetting" in res.stdout
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "finished" and record["config"]["train"]["lr"] == 2e-3
+
+    again = forgetlab("run", str(spec), "--out", str(out), "--quiet", "--set", "train.lr=2e-3")
+    assert again.returncode == 2 and "finished run" in again.stderr
+
+    shown = forgetlab("show", str(out), "--json")
+    assert json.loads(shown.stdout)["R"] == record["R"]
+
+
+def test_bad_override_fails_before_any_work(fixture_data, tmp_path):
+    spec = write_spec(tmp_path / "spec.toml", fixture_data)
+    res = forgetlab("run", str(spec), "--out", str(tmp_path / "r"), "--set", "model.n_head=3")
+    assert res.returncode == 2
+    assert "model.n_embd = 64 is not divisible by model.n_head = 3" in res.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_torchrun_two_ranks_match_one_process_with_the_global_batch(fixture_data, tmp_path):
+    """2 ranks x micro-batch 2 draw the same global batch as 1 process x 4: same training."""
+    single_spec = write_spec(tmp_path / "one.toml", fixture_data, batch_size=4)
+    res = forgetlab("run", str(single_spec), "--out", str(tmp_path / "one"), "--quiet")
+    assert res.returncode == 0, res.stderr
+
+    ddp_spec = write_spec(tmp_path / "two.toml", fixture_data, batch_size=2)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "forgetlab.cli.main",
+        "run",
+        str(ddp_spec),
+        "--out",
+        str(tmp_path / "two"),
+        "--quiet",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    if ddp.returncode != 0 and "gloo" in ddp.stderr.lower() and "not" in ddp.stderr.lower():
+        pytest.skip(f"gloo backend unavailable: {ddp.stderr[-300:]}")
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+
+    one = json.loads((tmp_path / "one" / "run.json").read_text())
+    two = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert two["timing"]["throughput"]["devices"] == 2
+    assert two["tokens"]["train_total"] == one["tokens"]["train_total"]
+    # evaluation windows differ with batch_size (val_batches x batch_size), so compare training:
+    # the final train losses logged at the same steps agree up to reduction order
+    import pandas as pd
+
+    c1 = pd.read_parquet(tmp_path / "one" / "curves.parquet").dropna(subset=["train_loss"])
+    c2 = pd.read_parquet(tmp_path / "two" / "curves.parquet").dropna(subset=["train_loss"])
+    assert list(c1["step"]) == list(c2["step"])
+    # rank 0 logs the loss of its half of the batch, so compare the learned model instead
+    from forgetlab.models import load_model
+
+    m1 = load_model(tmp_path / "one" / "checkpoints" / "latest" / "model.safetensors")
+    m2 = load_model(tmp_path / "two" / "checkpoints" / "latest" / "model.safetensors")
+    for (name, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items(), strict=True):
+        assert (a - b).abs().max().item() < 1e-4, name
