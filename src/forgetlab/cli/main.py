@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from forgetlab.cli import data as data_cli
-from forgetlab.cli import model_commands
+from forgetlab.cli import model_commands, report_commands
 
 app = typer.Typer(
     help="forgetlab: controlled experiments on forgetting in small GPT-style language models.",
@@ -27,6 +27,7 @@ bench_app = typer.Typer(help="Speed benchmarks: training step, matmul peak.", no
 app.add_typer(data_cli.app, name="data")
 app.add_typer(bench_app, name="bench")
 model_commands.register(app)
+report_commands.register(app)
 console = Console()
 
 

@@ -1,0 +1,259 @@
+"""Conclusions computed from the numbers: every sentence of the report's findings comes from here.
+
+Definitions (the report's appendix repeats them):
+
+* *benefit*: a difference signed so that positive is better for the metric (lower forgetting, loss
+  and cost are better; see :func:`forgetlab.analysis.stats.lower_is_better`).
+* a mechanism *has an effect* when its main effect's corrected p is below alpha (for a 1-df term
+  that is stricter than "the 95% interval excludes zero", which is reported as *nominal*).
+* an interaction is *super-additive* when it is significant and its benefit is positive: switching
+  its factors on together is better than the sum of switching each on alone predicts (for two
+  factors: [mu(++) - mu(--)] - [mu(+-) - mu(--)] - [mu(-+) - mu(--)] = 2 x the interaction effect);
+  *sub-additive* when significant with negative benefit (redundant or diminishing mechanisms).
+* the *minimal mechanism set*: among the factor combinations, the one with the fewest factors at
+  their "on" (second) level whose mean primary metric is not significantly worse than the best
+  combination's: Welch t-tests of every combination against the best, corrected with the
+  pre-registered correction; ties go to the better mean, then the fewer FLOPs.
+* a mechanism's *cost buys no significant gain* when it adds training FLOPs (mean at "on" above
+  mean at "off") and its main effect is not significant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from forgetlab.analysis.effects import FactorialResult, adjust_pvalues
+from forgetlab.analysis.gains import GainPoint, diminishing
+from forgetlab.analysis.stats import lower_is_better, welch
+
+FLOPS = "flops.training_total"
+
+
+@dataclass
+class Conclusions:
+    """The computed findings: structured for analysis.json, and as sentences for the report."""
+
+    significant: list[str] = field(default_factory=list)
+    nominal: list[str] = field(default_factory=list)
+    super_additive: list[str] = field(default_factory=list)
+    sub_additive: list[str] = field(default_factory=list)
+    largest: str | None = None
+    minimal_set: dict[str, Any] | None = None
+    costly_without_gain: list[str] = field(default_factory=list)
+    diminishing: list[str] = field(default_factory=list)
+    versus_reference: dict[str, list[str]] = field(default_factory=dict)
+    statements: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _benefit(x: float, metric: str) -> float:
+    return -x if lower_is_better(metric) else x
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4g}"
+
+
+def effect_findings(res: FactorialResult, out: Conclusions) -> None:
+    """Which mechanisms and interactions matter, from the primary metric's factorial fit."""
+    m = res.metric
+    if not res.testable:
+        out.statements.append(
+            f"No significance test of the factorial effects on {m}: {res.reason}. "
+            "The effect estimates are shown without intervals."
+        )
+        return
+    for t in res.terms:
+        if t.estimate is None or t.ci is None:
+            continue
+        sig = t.p_corrected is not None and t.p_corrected < res.alpha
+        excl = t.ci[0] > 0 or t.ci[1] < 0
+        good = "improves" if _benefit(t.estimate, m) > 0 else "worsens"
+        where = f"effect {_fmt(t.estimate)} [{_fmt(t.ci[0])}, {_fmt(t.ci[1])}], p_{res.correction} = {_fmt(t.p_corrected)}"
+        if t.order == 1 and sig:
+            out.significant.append(t.term)
+            out.statements.append(f"Mechanism {t.term} {good} {m} significantly ({where}).")
+        elif t.order == 1 and excl:
+            out.nominal.append(t.term)
+            out.statements.append(
+                f"Mechanism {t.term}: 95% interval excludes zero but not significant after the "
+                f"{res.correction} correction ({where})."
+            )
+        elif t.order == 1:
+            out.statements.append(f"Mechanism {t.term}: no significant effect on {m} ({where}).")
+        elif sig:
+            kind = "super-additive" if _benefit(t.estimate, m) > 0 else "sub-additive"
+            (out.super_additive if kind == "super-additive" else out.sub_additive).append(t.term)
+            out.statements.append(f"Interaction {t.term} is {kind} on {m} ({where}).")
+    mains = [t for t in res.terms if t.order == 1 and t.term in out.significant]
+    if mains:
+        top = max(mains, key=lambda t: abs(t.estimate or 0.0))
+        out.largest = top.term
+        out.statements.append(f"Largest significant main effect on {m}: {top.term}.")
+    if res.block and res.block.get("p") is not None:
+        word = "matters" if res.block["p"] < res.alpha else "shows no significant effect"
+        out.statements.append(f"Domain order (block) {word} (p = {_fmt(res.block['p'])}).")
+
+
+def minimal_set(
+    frame: pd.DataFrame, factors: dict[str, list[str]], metric: str, alpha: float, correction: str
+) -> dict[str, Any] | None:
+    """The minimal mechanism set (module docstring); None without two-level factors."""
+    if not factors or frame.empty:
+        return None
+    cols = [f"factor.{f}" for f in factors]
+    cells = {
+        tuple(str(x) for x in k): g[metric].dropna()
+        for k, g in frame.groupby(cols, sort=False)
+        if g[metric].notna().any()
+    }
+    if not cells:
+        return None
+    flops = {
+        tuple(str(x) for x in k): float(g[FLOPS].mean()) if FLOPS in g else 0.0
+        for k, g in frame.groupby(cols, sort=False)
+    }
+    means = {k: _benefit(float(v.mean()), metric) for k, v in cells.items()}
+    best = max(means, key=lambda k: means[k])
+    others = [k for k in cells if k != best]
+    out: dict[str, Any] = {"best": _levels(best, factors), "best_mean": float(cells[best].mean())}
+    tests = {k: welch(cells[k], cells[best]) for k in others}
+    if any(p is None for _, _, p in tests.values()):
+        out["reason"] = (
+            "too few runs for a test (a combination has fewer than two finished runs or no variance)"
+        )
+        return out
+    ps = [t[2] for t in tests.values()]
+    corrected = adjust_pvalues(ps, correction)
+    ok = [best] + [k for k, p in zip(others, corrected, strict=True) if p >= alpha]
+
+    def on(k: tuple[str, ...]) -> list[str]:
+        return [f for f, level in zip(factors, k, strict=True) if level == factors[f][1]]
+
+    chosen = min(ok, key=lambda k: (len(on(k)), -means[k], flops.get(k, 0.0)))
+    out.update(
+        {
+            "minimal": _levels(chosen, factors),
+            "on": on(chosen),
+            "minimal_mean": float(cells[chosen].mean()),
+            "not_worse_than_best": [_levels(k, factors) for k in ok],
+            "p_corrected_vs_best": {
+                "/".join(k): float(p) for k, p in zip(others, corrected, strict=True)
+            },
+        }
+    )
+    return out
+
+
+def _combo(levels: dict[str, str]) -> str:
+    return ", ".join(f"{f}={v}" for f, v in levels.items())
+
+
+def _levels(k: tuple[str, ...], factors: dict[str, list[str]]) -> dict[str, str]:
+    return dict(zip(factors, k, strict=True))
+
+
+def costly_without_gain(
+    res: FactorialResult, frame: pd.DataFrame, factors: dict[str, list[str]], alpha: float
+) -> list[str]:
+    """Main factors that add FLOPs while their effect is not significant (only when testable)."""
+    if not res.testable or FLOPS not in frame:
+        return []
+    out = []
+    for f, (off, on) in factors.items():
+        t = res.term(f)
+        col = frame[f"factor.{f}"].astype(str)
+        extra = frame.loc[col == on, FLOPS].mean() - frame.loc[col == off, FLOPS].mean()
+        if t is not None and extra > 0 and (t.p_corrected is None or t.p_corrected >= alpha):
+            out.append(f)
+    return out
+
+
+def conclude(
+    res: FactorialResult | None,
+    frame: pd.DataFrame,
+    factors: dict[str, list[str]],
+    metric: str,
+    alpha: float,
+    correction: str,
+    gains: dict[str, list[GainPoint]],
+    reference: str | None,
+) -> Conclusions:
+    """All computed findings for one budget's finished runs."""
+    out = Conclusions()
+    two = {f: lv for f, lv in factors.items() if len(lv) == 2 and f"factor.{f}" in frame}
+    if res is not None and res.factors:
+        effect_findings(res, out)
+        out.minimal_set = minimal_set(frame, two, metric, alpha, correction)
+        ms = out.minimal_set
+        if ms and "minimal" in ms:
+            on = ", ".join(ms["on"]) or "none (the all-off combination)"
+            out.statements.append(
+                f"Minimal mechanism set: {on} (mean {metric} {_fmt(ms['minimal_mean'])}, not "
+                f"significantly worse than the best combination {_combo(ms['best'])} at "
+                f"{_fmt(ms['best_mean'])})."
+            )
+        elif ms:
+            out.statements.append(
+                f"Best combination by mean {metric}: {_combo(ms['best'])}; minimal set not "
+                f"determined: {ms['reason']}."
+            )
+        out.costly_without_gain = costly_without_gain(res, frame, two, alpha)
+        for f in out.costly_without_gain:
+            out.statements.append(
+                f"Mechanism {f} adds FLOPs but buys no significant gain on {metric}."
+            )
+    for f, points in gains.items():
+        if diminishing(points):
+            out.diminishing.append(f)
+            out.statements.append(
+                f"Factor {f} shows diminishing returns per FLOP across its levels."
+            )
+    if reference:
+        out.versus_reference = versus_reference(frame, reference, metric, alpha, correction, out)
+    return out
+
+
+def versus_reference(
+    frame: pd.DataFrame,
+    reference: str,
+    metric: str,
+    alpha: float,
+    correction: str,
+    out: Conclusions,
+) -> dict[str, list[str]]:
+    """Groups significantly better / worse than the reference (Welch, corrected), or untestable."""
+    ref = frame.loc[frame["group"] == reference, metric].dropna()
+    verdicts: dict[str, list[str]] = {
+        "better": [],
+        "worse": [],
+        "no_difference": [],
+        "untestable": [],
+    }
+    tests = {}
+    for g, sub in frame.groupby("group", sort=False):
+        if g != reference and not ref.empty and sub[metric].notna().any():
+            tests[str(g)] = welch(sub[metric].dropna(), ref)
+    testable = {g: t for g, t in tests.items() if t[2] is not None}
+    verdicts["untestable"] = [g for g in tests if g not in testable]
+    corrected = adjust_pvalues([t[2] for t in testable.values()], correction)
+    for (g, (diff, _, _)), p in zip(testable.items(), corrected, strict=True):
+        key = (
+            "no_difference" if p >= alpha else ("better" if _benefit(diff, metric) > 0 else "worse")
+        )
+        verdicts[key].append(g)
+        if key != "no_difference":
+            out.statements.append(
+                f"Group {g} is significantly {key} than the reference {reference} on {metric} "
+                f"(difference {_fmt(diff)}, p_{correction} = {_fmt(p)})."
+            )
+    if verdicts["untestable"]:
+        out.statements.append(
+            f"Groups {', '.join(verdicts['untestable'])}: too few runs to test against {reference}."
+        )
+    return verdicts

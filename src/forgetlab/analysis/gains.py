@@ -1,0 +1,90 @@
+"""Marginal-gain curves: what each level of a factor buys in the primary metric per extra FLOP.
+
+Document 000 asks for "the marginal-gain curve of every mechanism" and "gain per unit of FLOPs".
+For a factor with levels l_0, l_1, ... (listed order; l_0 is the reference), averaging over the
+other factors: ``gain_i`` = improvement of the primary metric at l_i over l_0 (sign-adjusted so that
+positive is better), ``extra_flops_i`` = mean training FLOPs at l_i minus at l_0, and the marginal
+gain ``(gain_i - gain_{i-1}) / (extra_flops_i - extra_flops_{i-1})`` (None when the step costs no
+FLOPs). Returns that shrink level after level are *diminishing*.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+
+from forgetlab.analysis.stats import lower_is_better
+
+FLOPS = "flops.training_total"
+
+
+@dataclass
+class GainPoint:
+    """One level of one factor on its marginal-gain curve."""
+
+    factor: str
+    level: str
+    n: int
+    value: float
+    flops: float | None
+    gain: float
+    extra_flops: float | None
+    marginal_gain_per_flop: float | None
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def marginal_gains(
+    frame: pd.DataFrame, factors: dict[str, list[str]], metric: str
+) -> dict[str, list[GainPoint]]:
+    """The curve of every factor recorded in ``frame`` (finished runs only)."""
+    sign = -1.0 if lower_is_better(metric) else 1.0
+    curves: dict[str, list[GainPoint]] = {}
+    for factor, levels in factors.items():
+        col = f"factor.{factor}"
+        if col not in frame:
+            continue
+        points: list[GainPoint] = []
+        for level in levels:
+            g = frame[frame[col].astype(str) == level]
+            v = g[metric].dropna()
+            if v.empty:
+                continue
+            flops = float(g[FLOPS].mean()) if FLOPS in g and g[FLOPS].notna().any() else None
+            first = points[0] if points else None
+            gain = 0.0 if first is None else sign * (float(v.mean()) - first.value)
+            extra = (
+                None
+                if first is None or flops is None or first.flops is None
+                else flops - first.flops
+            )
+            marginal = None
+            if points and extra is not None and points[-1].extra_flops is not None:
+                step = extra - points[-1].extra_flops
+                marginal = (gain - points[-1].gain) / step if step > 0 else None
+            points.append(
+                GainPoint(
+                    factor,
+                    level,
+                    len(v),
+                    float(v.mean()),
+                    flops,
+                    gain,
+                    0.0 if first is None and flops is not None else extra,
+                    marginal,
+                )
+            )
+        if len(points) >= 2:
+            curves[factor] = points
+    return curves
+
+
+def diminishing(points: list[GainPoint]) -> bool | None:
+    """Whether each step's gain per FLOP is below the previous one; None below three levels."""
+    m = [p.marginal_gain_per_flop for p in points[1:]]
+    if len(m) < 2 or any(x is None for x in m):
+        return None
+    return all(b < a for a, b in itertools.pairwise(m))  # type: ignore[operator]

@@ -1,0 +1,49 @@
+"""``forgetlab report EXP_DIR``: analyse an experiment directory and write its record into it.
+
+:func:`register` adds the command to the main Typer app. A directory that is not an experiment (or
+an invalid pre-registration) prints one line and exits with 2, like every other command.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from forgetlab.config import ConfigError
+
+console = Console(stderr=True)
+
+
+def report(
+    exp_dir: Annotated[
+        Path, typer.Argument(help="an experiment directory (holds experiment.json)")
+    ],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="also print analysis.json to stdout")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="seed of the bootstrap resampling")] = 0,
+) -> None:
+    """Write analysis.json, report.md, report.html and plots/ into EXP_DIR."""
+    from forgetlab.analysis.report import write_report
+
+    try:
+        paths = write_report(exp_dir, seed=seed)
+    except ConfigError as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(json.loads(paths["analysis"].read_text()), indent=2))
+    console.print(
+        f"report: [bold]{paths['html']}[/] (also {paths['markdown'].name}, "
+        f"{paths['analysis'].name}, {paths['plots'].name}/)",
+        highlight=False,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``report`` to ``app``."""
+    app.command("report")(report)
