@@ -83,3 +83,8 @@ def test_convergence_is_first_step_within_five_percent_of_total_drop():
     assert convergence_steps([0, 10], [2.0, 2.5]) == 0  # nothing dropped
     assert convergence_steps([0], [2.0]) is None
     assert math.isclose(convergence_steps([0, 5, 9], [3.0, 1.0, 1.0]), 5)
+
+
+def test_retention_skips_zero_denominators():
+    a = np.array([[0.0, 0.0], [0.0, 0.1], [0.0, 0.2]])  # accuracy 0 right after learning domain 1
+    assert retention(a, 1) is None

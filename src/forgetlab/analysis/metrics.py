@@ -78,6 +78,7 @@ def retention(a: np.ndarray, k: int, lower_is_better: bool = False) -> float | N
 
     For higher-is-better scores a[j+k][j] / a[j][j]; for losses (pass the raw, positive losses and
     ``lower_is_better=True``) L[j][j] / L[j+k][j], so that 1 means fully kept and < 1 means lost.
+    Domains whose ratio has a zero denominator are left out (``None`` if none remain).
     """
     t = _check(a)
     if k < 1:
@@ -87,7 +88,10 @@ def retention(a: np.ndarray, k: int, lower_is_better: bool = False) -> float | N
         if j + 1 + k > t:
             continue
         just, later = a[j + 1, j], a[j + 1 + k, j]
-        ratios.append(just / later if lower_is_better else later / just)
+        denominator = later if lower_is_better else just
+        if denominator == 0:  # a ratio to zero (accuracy 0 just after learning) is undefined
+            continue
+        ratios.append((just if lower_is_better else later) / denominator)
     return _mean([float(x) for x in ratios])
 
 

@@ -1,0 +1,27 @@
+"""Domain corpora, tokenizers and token shards, built offline from pinned registry packages.
+
+Entry points: :func:`prepare` builds, :func:`open_stream` reads, :func:`load_tokenizer` encodes.
+See ``paths.py`` for the cache layout and ``recipes/`` for what each built-in domain contains.
+"""
+
+from forgetlab.data.errors import DataError
+from forgetlab.data.paths import data_root
+from forgetlab.data.pipeline import DEFAULT_DOMAINS, prepare
+from forgetlab.data.recipes import BUILTIN_DOMAINS
+from forgetlab.data.stream import DomainData, Stream, fixed_windows, open_stream, sample_windows
+from forgetlab.data.tokenizers import Tokenizer, load_tokenizer
+
+__all__ = [
+    "BUILTIN_DOMAINS",
+    "DEFAULT_DOMAINS",
+    "DataError",
+    "DomainData",
+    "Stream",
+    "Tokenizer",
+    "data_root",
+    "fixed_windows",
+    "load_tokenizer",
+    "open_stream",
+    "prepare",
+    "sample_windows",
+]
