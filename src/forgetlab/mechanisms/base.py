@@ -13,7 +13,8 @@ A mechanism is a class registered by name. The trainer calls, in this order, wha
 * ``state_dict()`` / ``load_state_dict(state)`` so a killed run resumes exactly
 
 Knobs are declared as a pydantic model (``Knobs``), so unknown or mistyped knobs fail before any
-work with the list of valid ones. ``incompatible`` names mechanisms this one cannot run beside.
+work with the list of valid ones. ``incompatible`` names mechanisms this one cannot run beside,
+``incompatible_reason`` says why.
 """
 
 from __future__ import annotations
@@ -38,13 +39,16 @@ class Batch:
     """One micro-batch: inputs, next-token targets, optional per-token loss weights.
 
     ``weights`` (same shape as ``y``) multiplies each token's loss; 0 means the token gives no
-    gradient (selective write). ``None`` means all ones.
+    gradient (selective write). ``None`` means all ones. ``replayed`` (shape ``(B,)``, bool) marks
+    rows a mechanism drew from a memory rather than the stream, so that gates and memory writers
+    treat only stream rows as new data whatever the mechanisms' order; ``None`` means no row is.
     """
 
     x: torch.Tensor
     y: torch.Tensor
     weights: torch.Tensor | None = None
     domain: int = 0
+    replayed: torch.Tensor | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -86,6 +90,7 @@ class Mechanism:
 
     name: ClassVar[str] = ""
     incompatible: ClassVar[frozenset[str]] = frozenset()
+    incompatible_reason: ClassVar[str] = ""  # why, shown when a spec combines them
 
     class Knobs(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -156,10 +161,7 @@ def build_mechanisms(configs: list[MechanismConfig]) -> list[Mechanism]:
             knobs = cls.Knobs.model_validate(cfg.knobs)
         except ValidationError as e:
             valid = sorted(cls.Knobs.model_fields)
-            problems = "; ".join(
-                f"{'.'.join(map(str, err['loc']))} = {err.get('input')!r}: {err['msg']}"
-                for err in e.errors()
-            )
+            problems = "; ".join(_describe(err) for err in e.errors())
             raise ConfigError(
                 f"mechanism {cfg.name!r}: {problems} (valid knobs: {valid})"
             ) from None
@@ -170,8 +172,17 @@ def build_mechanisms(configs: list[MechanismConfig]) -> list[Mechanism]:
             raise ConfigError(f"mechanism {m.name!r} is listed twice")
         clash = m.incompatible & set(names)
         if clash:
-            raise ConfigError(f"mechanism {m.name!r} cannot be combined with {sorted(clash)}")
+            why = f": {m.incompatible_reason}" if m.incompatible_reason else ""
+            raise ConfigError(f"mechanism {m.name!r} cannot be combined with {sorted(clash)}{why}")
     return out
+
+
+def _describe(err: Any) -> str:
+    """One knob error as 'key = value: why' (whole-knob-set checks carry their own wording)."""
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if not err["loc"]:
+        return msg
+    return f"{'.'.join(map(str, err['loc']))} = {err.get('input')!r}: {msg}"
 
 
 def parse_mechanism_option(text: str) -> MechanismConfig:

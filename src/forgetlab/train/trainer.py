@@ -49,7 +49,7 @@ from forgetlab.train.schedule import lr_at
 log = logging.getLogger("forgetlab.train")
 
 METRIC_KINDS = ("loss", "bpb", "accuracy")
-PHASES = ("data", "forward", "backward", "optimizer", "eval")
+PHASES = ("data", "forward", "backward", "optimizer", "mechanisms", "eval")
 
 
 def weighted_token_mean(token_loss: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -80,12 +80,14 @@ class PhaseTimer:
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
+        self.paused = False  # inside a mechanism's extra step: its time belongs to the hook
         self.stages: dict[int, dict[str, float]] = defaultdict(lambda: dict.fromkeys(PHASES, 0.0))
 
     def add(self, stage: int, phase: str, t0: float) -> float:
         synchronize(self.device)
         now = time.perf_counter()
-        self.stages[stage][phase] += now - t0
+        if not self.paused:
+            self.stages[stage][phase] += now - t0
         return now
 
     def to_dict(self) -> dict[str, Any]:
@@ -208,7 +210,10 @@ class Trainer:
         ).view_as(batch.y)
         loss = weighted_token_mean(token_loss, batch.weights)
         output = StepOutput(logits=logits, token_loss=token_loss)
-        terms: dict[str, float] = {}
+        terms: dict[str, float] = dict(getattr(self.model, "stats", dict)())
+        for name, value in getattr(self.model, "aux_losses", dict)().items():
+            loss = loss + value  # the model's own terms, e.g. MoE balance and z-loss
+            terms[name] = float(value.detach())
         for m in self.mechanisms:
             for name, value in m.loss(self.ctx, batch, output).items():
                 loss = loss + value
@@ -226,9 +231,11 @@ class Trainer:
             )
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        for m in self.mechanisms:
-            m.after_step(self.ctx)
+        getattr(self.model, "after_optimizer_step", lambda: None)()  # e.g. re-apply sparsity masks
         t0 = self.timer.add(stage, "optimizer", t0)
+        for m in self.mechanisms:
+            m.after_step(self.ctx)  # may run a whole sleep phase of extra steps
+        t0 = self.timer.add(stage, "mechanisms", t0)
         return grad_norm, t0
 
     def _train_step(self, stage: int) -> dict[str, float]:
@@ -270,11 +277,13 @@ class Trainer:
         as in a normal step, so masks and projections hold during extra steps too.
         """
         stage = self.ctx.stage
-        t0 = time.perf_counter()
-        loss, _ = self._forward_loss(batch)
-        t0 = self.timer.add(stage, "forward", t0)
-        loss.backward()
-        self._optimizer_step(stage, t0)
+        self.timer.paused = True  # the calling hook's time covers it (phase "mechanisms")
+        try:
+            loss, _ = self._forward_loss(batch)
+            loss.backward()
+            self._optimizer_step(stage, time.perf_counter())
+        finally:
+            self.timer.paused = False
         self.flops.add_extra(stage, batch.n_tokens)
         return float(loss.detach())
 

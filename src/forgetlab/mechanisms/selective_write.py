@@ -1,0 +1,133 @@
+"""Selective write: only surprising or uncertain data updates the weights (document 000's W).
+
+Before each micro-batch the current model scores every stream token: surprise is its negative
+log-likelihood, uncertainty the entropy of the predictive distribution. A token (or, with
+``granularity = "sequence"``, a whole sequence by its mean score) is written -- its loss weight
+stays 1 -- when its score stands out against running statistics of recent scores: either its
+z-score against the last ``window`` scores reaches ``threshold``, or it lies in the top
+``write_fraction`` of them (a running quantile, so the fraction written tracks the target). Gated
+tokens get weight 0 and hence exactly zero gradient (the trainer's loss is sum(w*l)/sum(w)).
+Rows replayed from a memory are always written. A memory mechanism (``replay``, ``sleep``) stores
+a stream row only when the gate wrote at least half its tokens, so one gate decides both what the
+weights learn and what the memory keeps. The scoring pass is one extra forward per micro-batch,
+counted in :meth:`flops`; the fraction actually written is logged per stage.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+
+from forgetlab.mechanisms.base import Batch, Mechanism, TrainContext, register
+from forgetlab.models import model_flops_per_token
+
+
+def token_scores(logits: torch.Tensor, y: torch.Tensor, signal: str) -> torch.Tensor:
+    """(B, T) surprise = -log p(y_t) or uncertainty = H(p(. | x_<t)), in nats."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    if signal == "surprise":
+        return -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+@register
+class SelectiveWrite(Mechanism):
+    """Gate each token's (or sequence's) gradient by its surprise or uncertainty."""
+
+    name = "selective_write"
+
+    class Knobs(Mechanism.Knobs):
+        signal: Literal["surprise", "uncertainty"] = "surprise"
+        granularity: Literal["token", "sequence"] = "token"
+        write_fraction: float | None = Field(
+            None, gt=0, le=1, description="target share written (running quantile); default 0.5"
+        )
+        threshold: float | None = Field(
+            None, description="write when the score's z-score against the window reaches this"
+        )
+        window: int = Field(8192, ge=2, description="recent scores the running statistics span")
+
+        @model_validator(mode="after")
+        def _one_rule(self) -> SelectiveWrite.Knobs:
+            if self.write_fraction is not None and self.threshold is not None:
+                raise ValueError("give either write_fraction or threshold, not both")
+            return self
+
+    def __init__(self, knobs: Knobs) -> None:
+        super().__init__(knobs)
+        self.knobs: SelectiveWrite.Knobs = knobs
+        self.device = torch.device("cpu")
+        self.history = torch.zeros(0)  # the last `window` scores, oldest first
+        self.written = 0  # gated-in stream tokens this stage
+        self.offered = 0  # stream tokens this stage
+        self.stage_fractions: list[float] = []
+        self.spent = 0.0
+
+    def setup(self, ctx: TrainContext) -> None:
+        self.device = ctx.device
+        self.history = self.history.to(ctx.device)
+
+    def on_stage_start(self, ctx: TrainContext) -> None:
+        self.written = self.offered = 0
+
+    def make_batch(self, ctx: TrainContext, batch: Batch) -> Batch:
+        stream = torch.ones(batch.x.shape[0], dtype=torch.bool, device=batch.x.device)
+        if batch.replayed is not None:
+            stream = ~batch.replayed
+        with torch.no_grad(), ctx.autocast():
+            logits = ctx.model(batch.x)
+        seq = batch.x.shape[1]
+        self.spent += float(
+            model_flops_per_token(ctx.model.config, seq)["forward"] * batch.x.numel()
+        )
+        scores = token_scores(logits, batch.y, self.knobs.signal)
+        if self.knobs.granularity == "sequence":
+            scores = scores.mean(1, keepdim=True)
+        gate = self.gate(scores, stream)
+        weights = gate.float().expand(-1, seq).clone()
+        weights[~stream] = 1.0
+        if batch.weights is not None:
+            weights = weights * batch.weights
+        self.written += int(weights[stream].gt(0).sum())
+        self.offered += int(stream.sum()) * seq
+        ctx.log["selective_write/write_fraction"] = self.written / max(self.offered, 1)
+        return Batch(batch.x, batch.y, weights, batch.domain, batch.replayed)
+
+    def gate(self, scores: torch.Tensor, stream: torch.Tensor) -> torch.Tensor:
+        """True where a stream score is written. The running statistics span the last ``window``
+        scores including this batch's (all of this batch's when it alone is longer)."""
+        fresh = scores[stream].flatten().float()
+        span = max(self.knobs.window, fresh.numel())
+        recent = torch.cat([self.history, fresh])[-span:]
+        self.history = recent[-self.knobs.window :]
+        if recent.numel() == 0:
+            return torch.zeros_like(scores, dtype=torch.bool)
+        if self.knobs.threshold is not None:
+            std = recent.std(correction=0).clamp_min(1e-8)
+            return (scores - recent.mean()) / std >= self.knobs.threshold
+        fraction = self.knobs.write_fraction or 0.5
+        return scores >= torch.quantile(recent, 1.0 - fraction)
+
+    def on_stage_end(self, ctx: TrainContext) -> None:
+        self.stage_fractions.append(self.written / max(self.offered, 1))
+
+    def flops(self, ctx: TrainContext) -> float:
+        return self.spent
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "history": self.history.cpu(),
+            "written": self.written,
+            "offered": self.offered,
+            "stage_fractions": list(self.stage_fractions),
+            "flops": self.spent,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = state["history"].to(self.device)
+        self.written, self.offered = state["written"], state["offered"]
+        self.stage_fractions = list(state["stage_fractions"])
+        self.spent = state["flops"]
