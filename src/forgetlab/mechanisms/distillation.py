@@ -1,0 +1,156 @@
+"""Distillation to the model as it was when the domain began: LwF and KL-to-old.
+
+Learning without Forgetting (Li & Hoiem 2017) keeps the outputs on *new* data close to those of
+the frozen pre-domain model, so no old data is stored. Per token, with temperature T
+(Hinton et al. 2015, sec. 2: the T^2 factor keeps the soft-target gradients on the scale of the
+hard-target ones when T changes), averaged over the valid tokens m[b, t] (doc 002, 2.2.2):
+
+    L_distill = T^2 / N_eff * sum_{b,t} m[b,t] * KL(p_tea^T(b,t) || p_stu^T(b,t))
+
+(``form = "ce"`` uses the soft cross-entropy -sum_i p_tea,i log p_stu,i instead: the same
+gradient, it differs by the teacher's entropy, a constant). A token is valid when its loss weight
+(``Batch.weights``, e.g. from selective write) is positive; without weights every token is.
+
+``lwf`` trains on alpha * L_distill + (1 - alpha) * L_sup (doc 002's total loss). The trainer
+already adds L_sup, the weighted token mean of the cross-entropy, so the hook returns
+alpha * L_distill - alpha * L_sup, recomputed from the same per-token losses: the sum is exact.
+(Scaling ``Batch.weights`` by 1 - alpha would do nothing, because the trainer normalises by the
+sum of the weights.) ``kl_to_old`` is Lifelong-MoE's stabiliser (Chen et al. 2023; doc 002,
+2.3.3): L_sup + lambda * KL(old || new), at T = 1 by default. Both start at the second domain:
+before it the teacher would be the random initialisation.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from forgetlab.mechanisms.base import Batch, Mechanism, StepOutput, TrainContext, register
+from forgetlab.mechanisms.importance import flops_per_token
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    form: Literal["kl", "ce"] = "kl",
+) -> torch.Tensor:
+    """T^2 times the mean over valid positions of KL(p_tea^T || p_stu^T) (or soft CE), summed
+    over the class dimension. Logits are (..., V); ``mask`` has the leading shape."""
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)  # bf16 -> fp32, fp64 stays
+    log_s = F.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
+    log_t = F.log_softmax(teacher_logits.to(dtype) / temperature, dim=-1)
+    if form == "kl":
+        per_position = F.kl_div(log_s, log_t, reduction="none", log_target=True).sum(-1)
+    else:
+        per_position = -(log_t.exp() * log_s).sum(-1)
+    if mask is None:
+        mean = per_position.mean()
+    else:
+        m = mask.to(per_position.dtype)
+        mean = (per_position * m).sum() / m.sum().clamp_min(1.0)
+    return temperature**2 * mean
+
+
+class Distillation(Mechanism):
+    """The teacher (the model at stage start), its forward on each batch and the distillation
+    term; subclasses only say how the term and the supervised loss are weighted."""
+
+    class Knobs(Mechanism.Knobs):
+        temperature: float = Field(1.0, gt=0.0, description="softmax temperature T")
+        form: Literal["kl", "ce"] = Field("kl", description="KL divergence or soft cross-entropy")
+
+    def __init__(self, knobs: Knobs) -> None:
+        super().__init__(knobs)
+        self.teacher: torch.nn.Module | None = None
+        self._teacher_state: dict[str, torch.Tensor] | None = None
+        self.teacher_tokens = 0
+
+    def weigh(self, distill: torch.Tensor, supervised: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} must define weigh()")
+
+    def on_stage_start(self, ctx: TrainContext) -> None:
+        self.teacher = self._frozen_copy(ctx) if ctx.stage > 0 else None
+        self._teacher_state = None
+
+    def loss(self, ctx: TrainContext, batch: Batch, output: StepOutput) -> dict[str, torch.Tensor]:
+        if self.teacher is None and self._teacher_state is not None:  # resumed mid-stage
+            self.teacher = self._frozen_copy(ctx)
+            self.teacher.load_state_dict(self._teacher_state)
+            self._teacher_state = None
+        if self.teacher is None:
+            return {}
+        with torch.no_grad(), ctx.autocast():
+            teacher_logits = self.teacher(batch.x)
+        self.teacher_tokens += batch.n_tokens
+        mask = None if batch.weights is None else batch.weights > 0
+        distill = distillation_loss(
+            output.logits, teacher_logits, self.knobs.temperature, mask, self.knobs.form
+        )
+        # the trainer's supervised term: weighted token mean of the per-token cross-entropy
+        w = batch.weights
+        supervised = (
+            output.token_loss.mean()
+            if w is None
+            else (output.token_loss * w).sum() / w.sum().clamp_min(1e-8)
+        )
+        return self.weigh(distill, supervised)
+
+    def flops(self, ctx: TrainContext) -> float:
+        return flops_per_token(ctx, "forward") * self.teacher_tokens
+
+    def state_dict(self) -> dict[str, Any]:
+        teacher = None
+        if self.teacher is not None:
+            teacher = {k: v.detach().cpu().clone() for k, v in self.teacher.state_dict().items()}
+        return {"teacher": teacher, "teacher_tokens": self.teacher_tokens}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.teacher = None
+        self._teacher_state = state["teacher"]
+        self.teacher_tokens = state["teacher_tokens"]
+
+    @staticmethod
+    def _frozen_copy(ctx: TrainContext) -> torch.nn.Module:
+        teacher = copy.deepcopy(ctx.model).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+            p.grad = None
+        return teacher
+
+
+@register
+class LwF(Distillation):
+    """Learning without Forgetting: alpha * distillation + (1 - alpha) * supervised."""
+
+    name = "lwf"
+    incompatible = frozenset({"kl_to_old"})
+    incompatible_reason = "lwf and kl_to_old distil to the same pre-domain model: choose one"
+
+    class Knobs(Distillation.Knobs):
+        alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the distillation term")
+        temperature: float = Field(2.0, gt=0.0, description="softmax temperature T")
+
+    def weigh(self, distill: torch.Tensor, supervised: torch.Tensor) -> dict[str, torch.Tensor]:
+        a = self.knobs.alpha
+        return {"distill": a * distill, "supervised_share": -a * supervised}
+
+
+@register
+class KLToOld(Distillation):
+    """KL to the pre-domain model added to the full supervised loss (Lifelong-MoE)."""
+
+    name = "kl_to_old"
+    incompatible = frozenset({"lwf"})
+    incompatible_reason = "lwf and kl_to_old distil to the same pre-domain model: choose one"
+
+    class Knobs(Distillation.Knobs):
+        lam: float = Field(1.0, ge=0.0, description="weight lambda of the KL term")
+
+    def weigh(self, distill: torch.Tensor, supervised: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"kl": self.knobs.lam * distill}
