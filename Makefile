@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 data: install
-	$(BIN)/forgetlab data prepare --tokenizer bpe-2k --domains code math medical legal dialogue
+	$(BIN)/forgetlab data prepare --tokenizer bpe-2k --domains code,math,medical,legal,dialogue
 
 quickstart: data
 	@if [ -f $(QUICKSTART_OUT)/run.json ] && grep -q '"status": "finished"' $(QUICKSTART_OUT)/run.json; then \

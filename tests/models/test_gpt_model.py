@@ -10,6 +10,7 @@ import torch
 
 from forgetlab.config import ConfigError, ModelConfig, resolve_run_config
 from forgetlab.models import ATTENTION, FFN, GPT, NORM, POSITIONS, build_model
+from forgetlab.models.sparsity import SPARSITY
 
 VOCAB = 101
 
@@ -95,14 +96,14 @@ def test_preset_fields_can_be_overridden() -> None:
 
 
 def test_every_config_part_name_has_a_registered_class_and_vice_versa() -> None:
-    for registry in (ATTENTION, FFN, NORM, POSITIONS):
+    for registry in (ATTENTION, FFN, NORM, POSITIONS, SPARSITY):
         allowed = typing.get_args(ModelConfig.model_fields[registry.field].annotation)
         assert sorted(allowed) == registry.names()
 
 
 def test_unknown_part_name_error_lists_the_allowed_names() -> None:
-    with pytest.raises(ConfigError, match=r"model.ffn = 'moe'.*\['mlp'\]"):
-        FFN.get("moe")
+    with pytest.raises(ConfigError, match=r"model.ffn = 'nope'.*\['memory', 'mlp', 'moe', 'swiglu'\]"):
+        FFN.get("nope")
 
 
 def test_forward_runs_under_bf16_autocast_and_backward_reaches_every_parameter() -> None:
@@ -115,9 +116,10 @@ def test_forward_runs_under_bf16_autocast_and_backward_reaches_every_parameter()
     assert all(p.grad is not None for p in model.parameters())
 
 
-def test_standard_attention_refuses_grouped_query_heads() -> None:
-    with pytest.raises(ConfigError, match=r"model\.n_kv_head = 1"):
-        GPT(micro(n_kv_head=1))
+def test_grouped_query_attention_shrinks_the_kv_projection() -> None:
+    model = GPT(micro(n_kv_head=1))  # 2 query heads share one key/value head of width 16
+    assert model.blocks[0].attn.c_attn.weight.shape == (32 + 2 * 16, 32)
+    assert model(torch.randint(0, VOCAB, (2, 5))).shape == (2, 5, VOCAB)
 
 
 def test_sequence_longer_than_context_is_refused() -> None:

@@ -1,4 +1,4 @@
-"""``forgetlab inspect`` and ``forgetlab convert``: the model layer's commands.
+"""``forgetlab inspect``, ``forgetlab diagnose`` and ``forgetlab convert``: the model layer's commands.
 
 :func:`register` adds them to the main Typer app. Every error prints one line and exits with 2.
 """
@@ -12,11 +12,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import torch
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from forgetlab.config import PRESETS, ConfigError, resolve_run_config
+from forgetlab.config import PRESETS, STREAM_DOMAINS, ConfigError, RunConfig, resolve_run_config
 from forgetlab.models import (
     GPT,
     ModelExportError,
@@ -27,6 +28,7 @@ from forgetlab.models import (
     inspect_model,
     model_flops_per_token,
 )
+from forgetlab.models.diagnose import diagnose
 
 _GPT2_VOCAB = 50257
 _BPE_NAME = re.compile(r"^bpe-(\d+)(k?)$")
@@ -45,10 +47,17 @@ def tokenizer_vocab_size(tokenizer: str) -> int:
     return int(match.group(1)) * (1024 if match.group(2) else 1)
 
 
+def run_for_target(target: str, overrides: list[str]) -> RunConfig | None:
+    """The run config of a preset target (with ``--set`` overrides); None for a path."""
+    if target not in PRESETS:
+        return None
+    return resolve_run_config({"model": {"preset": target}}, overrides)
+
+
 def model_for_target(target: str, vocab_size: int | None, overrides: list[str]) -> GPT:
     """A preset name builds a fresh model (with ``--set`` overrides); anything else is a path."""
-    if target in PRESETS:
-        run = resolve_run_config({"model": {"preset": target}}, overrides)
+    run = run_for_target(target, overrides)
+    if run is not None:
         if vocab_size is None and run.model.vocab_size is None:
             vocab_size = tokenizer_vocab_size(run.data.tokenizer or PRESETS[target].tokenizer)
         return build_model(run.model, vocab_size)
@@ -119,10 +128,95 @@ def convert_command(
     typer.echo(f"wrote {written}")
 
 
-COMMANDS: dict[str, Callable[..., None]] = {"inspect": inspect_command, "convert": convert_command}
+def diagnosis_batch(
+    model: GPT, tokenizer: str | None, cache_dir: str | None, batch_size: int = 4
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(x, y, where from): windows of the first prepared domain for ``tokenizer``, else random
+    token ids, saying which command would prepare real data."""
+    import numpy as np
+
+    from forgetlab.data import DataError, open_stream, sample_windows
+    from forgetlab.data.stream import prepare_command
+
+    block, vocab = model.config.block_size, model.config.vocab_size
+    domain = STREAM_DOMAINS[0]
+    if tokenizer is not None:
+        try:
+            stream = open_stream([domain], tokenizer, cache_dir)
+            if stream.tokenizer.vocab_size <= vocab:
+                rng = np.random.default_rng(0)
+                x, y = sample_windows(stream[domain].train, rng, batch_size, block)
+                return x, y, f"real data: {domain} / {tokenizer}"
+        except (DataError, OSError):
+            pass
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (batch_size, block + 1), generator=gen)
+    hint = prepare_command(domain, tokenizer) if tokenizer else "pass --tokenizer"
+    return ids[:, :-1], ids[:, 1:], f"random token ids: no prepared data found (run `{hint}`)"
+
+
+def diagnose_command(
+    target: Annotated[str, typer.Argument(metavar="PRESET_OR_CKPT", help="preset or path")],
+    vocab_size: Annotated[int | None, typer.Option("--vocab-size", help="preset vocab")] = None,
+    tokenizer: Annotated[
+        str | None, typer.Option("--tokenizer", help="data for the step; default: preset's")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="config override, e.g. model.freeze_qk=false")
+    ] = None,
+) -> None:
+    """Prove frozen tensors stay frozen: tensors, totals, one optimizer step, checkpoint round trip.
+
+    Exits 1 when any check fails, naming the tensor at fault.
+    """
+    from forgetlab.train.trainer import build_optimizer
+
+    with _one_line_errors():
+        model = model_for_target(target, vocab_size, overrides or [])
+        run = run_for_target(target, overrides or []) or RunConfig(model=model.config)
+        tok = tokenizer or run.data.tokenizer
+        x, y, source = diagnosis_batch(model, tok, run.data.cache_dir)
+        report = diagnose(model, x, y, lambda m: build_optimizer(m, run))
+    report["data"] = source
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        _print_diagnosis(report, target)
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
+def _print_diagnosis(report: dict[str, Any], target: str) -> None:
+    console = Console()
+    params = Table(title=f"{target}: parameters")
+    for col in ("name", "shape", "requires_grad"):
+        params.add_column(col)
+    for p in report["parameters"]:
+        params.add_row(p["name"], str(tuple(p["shape"])), str(p["requires_grad"]))
+    buffers = Table(title="buffers")
+    for col in ("name", "shape", "dtype"):
+        buffers.add_column(col)
+    for b in report["buffers"]:
+        buffers.add_row(b["name"], str(tuple(b["shape"])), b["dtype"])
+    console.print(params, buffers)
+    console.print(
+        f"total {report['total']:,}  trainable {report['trainable']:,}  "
+        f"frozen {report['frozen']:,}  ({report['data']})"
+    )
+    for v in report["violations"]:
+        console.print(f"[red]VIOLATION[/red] {v['tensor']}: {v['problem']}")
+    console.print("[green]ok[/green]" if report["ok"] else f"{len(report['violations'])} violations")
+
+
+COMMANDS: dict[str, Callable[..., None]] = {
+    "inspect": inspect_command,
+    "diagnose": diagnose_command,
+    "convert": convert_command,
+}
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``inspect`` and ``convert`` to the main ``forgetlab`` app."""
+    """Add ``inspect``, ``diagnose`` and ``convert`` to the main ``forgetlab`` app."""
     for name, command in COMMANDS.items():
         app.command(name)(command)

@@ -7,6 +7,7 @@ overrides, presets), and the core receives valid objects. Unknown keys are refus
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -17,6 +18,57 @@ STREAM_DOMAINS: tuple[str, ...] = ("code", "math", "medical", "legal", "dialogue
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class MoEConfig(_Strict):
+    """Knobs of ``model.ffn = "moe"`` (Shazeer 2017; Fedus 2021 Switch; Zoph 2022 ST-MoE)."""
+
+    num_experts: int = Field(8, ge=1, description="E experts per MoE layer")
+    top_k: Literal[1, 2] = 2
+    capacity_factor: float = Field(
+        1.25, ge=0, description="slots per expert = factor * k * tokens / E (training); 0 = no cap"
+    )
+    overflow: Literal["drop", "reroute"] = Field(
+        "drop", description="an assignment over capacity is dropped or sent to the next choice"
+    )
+    every_n: int = Field(1, ge=1, description="MoE in layers n-1, 2n-1, ...; the others dense")
+    noisy: bool = Field(True, description="noisy top-k gating in training (Shazeer 2017)")
+    expert: Literal["mlp", "swiglu"] = "mlp"
+    balance_loss: Literal["switch", "cv2"] = "switch"
+    balance_coef: float = Field(0.01, ge=0)
+    z_loss_coef: float = Field(1e-3, ge=0)
+    added_experts: list[int] = Field(
+        default_factory=list,
+        description="expert blocks appended by Lifelong-MoE (one per later stage); set by it",
+    )
+
+
+class MemoryConfig(_Strict):
+    """Knobs of ``model.ffn = "memory"`` (document 004; product keys: Lample 2019, He 2024)."""
+
+    knowledge_num: int = Field(1024, ge=4, description="entries; a perfect square (product keys)")
+    knowledge_length: int = Field(4, ge=1, description="rows per entry")
+    knowledge_dim: int = Field(128, ge=2, description="width of a row")
+    num_selected: int = Field(4, ge=1, description="entries read per token")
+    key_dim: int = Field(64, ge=2, description="gate query width, split into two halves")
+
+    @model_validator(mode="after")
+    def _check(self) -> MemoryConfig:
+        root = math.isqrt(self.knowledge_num)
+        if root * root != self.knowledge_num:
+            raise ValueError(
+                f"model.memory.knowledge_num = {self.knowledge_num} is not a perfect square "
+                f"(product keys need sqrt(N) sub-keys per half); allowed e.g. "
+                f"{[r * r for r in (max(root - 1, 2), root, root + 1)]}"
+            )
+        if self.key_dim % 2:
+            raise ValueError(f"model.memory.key_dim = {self.key_dim} must be even (two halves)")
+        if self.num_selected > root:
+            raise ValueError(
+                f"model.memory.num_selected = {self.num_selected} exceeds sqrt(knowledge_num) = "
+                f"{root}; allowed: 1..{root}"
+            )
+        return self
 
 
 class ModelConfig(_Strict):
@@ -37,10 +89,29 @@ class ModelConfig(_Strict):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     bias: bool = True
     tie_embeddings: bool = True
-    attention: Literal["standard"] = "standard"
-    ffn: Literal["mlp"] = "mlp"
-    norm: Literal["layernorm"] = "layernorm"
-    positions: Literal["learned"] = "learned"
+    attention: Literal["orthogonal", "standard"] = "standard"
+    freeze_qk: bool = Field(
+        True,
+        description="attention = 'orthogonal' only: Q/K stored as buffers (document 001, OELM); "
+        "false keeps the orthogonal init trainable",
+    )
+    qk_init: Literal["per_head", "whole"] = Field(
+        "per_head", description="orthogonal Q/K: QR per head block, or of the whole matrix"
+    )
+    ffn: Literal["memory", "mlp", "moe", "swiglu"] = "mlp"
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    positions: Literal["learned", "rope"] = "learned"
+    rope_theta: float = Field(10000.0, gt=0, description="RoPE base (Su 2021); MiniMind 1e6")
+    sparsity: Literal["2:4", "block", "none"] = Field(
+        "none", description="fixed masks on the blocks' linear weights (document 000's T)"
+    )
+    sparsity_block: int = Field(16, ge=1, description="block = 'block': square block side")
+    sparsity_density: float = Field(0.5, gt=0, le=1, description="block: share of blocks kept")
+    sparsity_init: Literal["magnitude", "random"] = Field(
+        "magnitude", description="how the fixed mask is chosen at initialisation"
+    )
+    moe: MoEConfig = Field(default_factory=MoEConfig)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
     norm_eps: float = Field(1e-5, gt=0)
     activation: Literal["gelu", "gelu_tanh"] = Field(
         "gelu",
@@ -60,6 +131,15 @@ class ModelConfig(_Strict):
                 f"model.n_kv_head = {self.n_kv_head} does not divide model.n_head = {self.n_head}; "
                 f"allowed: {_divisors(self.n_head)}"
             )
+        if self.sparsity == "block" and self.n_embd % self.sparsity_block:
+            raise ValueError(
+                f"model.sparsity_block = {self.sparsity_block} does not divide model.n_embd = "
+                f"{self.n_embd}; allowed: {_divisors(self.n_embd)}"
+            )
+        if self.positions == "rope" and self.head_dim % 2:
+            raise ValueError(
+                f"model.positions = 'rope' rotates pairs: head_dim = {self.head_dim} must be even"
+            )
         return self
 
     @property
@@ -69,6 +149,10 @@ class ModelConfig(_Strict):
     @property
     def ffn_hidden(self) -> int:
         return self.d_ff if self.d_ff is not None else 4 * self.n_embd
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head if self.n_kv_head is not None else self.n_head
 
 
 def _divisors(n: int) -> list[int]:

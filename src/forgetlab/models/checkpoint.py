@@ -90,3 +90,29 @@ def load_model(path: str | Path) -> GPT:
         raise ModelLoadError(f"{str(path)!r}: stored model config is invalid: {e}") from None
     model = GPT(cfg)
     return load_state_into(model, load_file(str(path)), repr(str(path))).eval()
+
+
+def declared_frozen(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Tensors the model's parts promise never change (``frozen_tensor_names``), by full name."""
+    out = {}
+    for prefix, module in model.named_modules():
+        for name in getattr(module, "frozen_tensor_names", list)():
+            out[f"{prefix}.{name}" if prefix else name] = getattr(module, name)
+    return out
+
+
+def refuse_frozen_overwrite(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], source: str
+) -> None:
+    """Raise :class:`ModelLoadError` naming every frozen tensor that ``state`` would change.
+
+    Document 001's failure: a checkpoint loaded into an OELM model silently replaced its frozen
+    orthogonal Q/K. Call before ``load_state_dict`` when the model's frozen tensors are the truth.
+    """
+    changed = [
+        name
+        for name, tensor in declared_frozen(model).items()
+        if name in state and not torch.equal(state[name].to(tensor.device), tensor)
+    ]
+    if changed:
+        raise ModelLoadError(f"{source}: would overwrite frozen tensors {changed}; refused")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from forgetlab.config import ModelConfig
@@ -29,3 +30,20 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+@FFN.register("swiglu")
+class SwiGLU(nn.Module):
+    """SwiGLU FFN (Shazeer 2020, "GLU Variants Improve Transformer"): down(silu(gate(x)) * up(x)),
+    as in LLaMA and MiniMind. Three matrices, so the preset picks ``d_ff`` (MiniMind: 1408 for
+    width 512, about 8/3 * 512 rounded to a multiple of 64) to match an MLP's parameters."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.w_gate = nn.Linear(cfg.n_embd, cfg.ffn_hidden, bias=cfg.bias)
+        self.w_up = nn.Linear(cfg.n_embd, cfg.ffn_hidden, bias=cfg.bias)
+        self.c_proj = residual_projection(nn.Linear(cfg.ffn_hidden, cfg.n_embd, bias=cfg.bias))
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.silu(self.w_gate(x)) * self.w_up(x)))

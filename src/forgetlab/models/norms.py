@@ -17,3 +17,12 @@ class LayerNorm(nn.LayerNorm):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+@NORM.register("rmsnorm")
+class RMSNorm(nn.RMSNorm):
+    """Root-mean-square norm (Zhang & Sennrich 2019): x / rms(x) * g, no centring, no bias; the
+    LLaMA / MiniMind choice."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg.n_embd, eps=cfg.norm_eps)

@@ -1,4 +1,4 @@
-"""Name -> class registries for the swappable parts of the GPT (attention, FFN, norm, positions).
+"""Name -> class registries for the swappable parts of the GPT (attention, FFN, norm, positions, sparsity).
 
 Each part kind has one :class:`PartRegistry`, keyed by the strings of the matching ``ModelConfig``
 field (``model.attention``, ``model.ffn``, ``model.norm``, ``model.positions``). A variant is a
@@ -47,6 +47,12 @@ class PartRegistry:
                 f"model.{self.field} = {name!r} has no registered part; allowed: {self.names()}"
             ) from None
 
-    def build(self, cfg: ModelConfig) -> nn.Module:
-        """Instantiate the class named by ``cfg.<field>`` with the whole model config."""
-        return self.get(getattr(cfg, self.field))(cfg)
+    def build(self, cfg: ModelConfig, layer: int = 0) -> nn.Module:
+        """Instantiate the class named by ``cfg.<field>`` with the whole model config.
+
+        A class with a ``for_layer(cfg, layer)`` classmethod decides per layer (MoE in every n-th
+        layer, the dense FFN elsewhere); every other class is built the same in every layer.
+        """
+        cls = self.get(getattr(cfg, self.field))
+        for_layer = getattr(cls, "for_layer", None)
+        return for_layer(cfg, layer) if for_layer is not None else cls(cfg)

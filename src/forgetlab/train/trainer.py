@@ -210,8 +210,8 @@ class Trainer:
         ).view_as(batch.y)
         loss = weighted_token_mean(token_loss, batch.weights)
         output = StepOutput(logits=logits, token_loss=token_loss)
-        terms: dict[str, float] = dict(getattr(self.model, "stats", dict)())
-        for name, value in getattr(self.model, "aux_losses", dict)().items():
+        terms: dict[str, float] = dict(self.model.stats())
+        for name, value in self.model.aux_losses().items():
             loss = loss + value  # the model's own terms, e.g. MoE balance and z-loss
             terms[name] = float(value.detach())
         for m in self.mechanisms:
@@ -231,7 +231,7 @@ class Trainer:
             )
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        getattr(self.model, "after_optimizer_step", lambda: None)()  # e.g. re-apply sparsity masks
+        self.model.after_optimizer_step()  # e.g. re-apply sparsity masks
         t0 = self.timer.add(stage, "optimizer", t0)
         for m in self.mechanisms:
             m.after_step(self.ctx)  # may run a whole sleep phase of extra steps
