@@ -88,7 +88,11 @@ def test_stage_end_fills_memory_with_model_text(fixture_data, tmp_path):
 def test_generation_flops_match_the_model_forward_flops():
     from forgetlab.models import model_flops_per_token
 
+    def fwd(context):
+        return model_flops_per_token(cfg, context)["forward"]
+
     cfg = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=6, vocab_size=50)
-    expected = sum(model_flops_per_token(cfg, min(4 + i, 6))["forward"] * min(4 + i, 6)
-                   for i in range(4))
-    assert generation_flops(cfg, 3, 4, 4) == 3 * expected
+    # prompt of 4 fed at once, then one token at contexts 5 and 6; at length 6 the cache is full,
+    # so the fourth step feeds the cropped window of 6 again
+    expected = 4 * fwd(4) + fwd(5) + fwd(6) + 6 * fwd(6)
+    assert generation_flops(cfg, 3, 4, 4) == pytest.approx(3 * expected)

@@ -2,8 +2,7 @@
 
 Deep generative replay (Shin et al. 2017) rehearses on samples of a generator instead of stored
 data; a language model is its own generator, so at a stage end the current model writes the
-pseudo-samples. The model has no KV cache, so each new token is a forward pass over the whole
-context so far; :func:`generation_flops` counts exactly that.
+pseudo-samples with its KV-cache sampler; :func:`generation_flops` counts what that computes.
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ class GenerationKnobs(BaseModel):
     gen_batch_size: int = Field(32, ge=1, description="sequences generated per forward pass")
 
 
-@torch.no_grad()
 def generate(
     model: torch.nn.Module,
     prompt: torch.Tensor,
@@ -43,42 +41,29 @@ def generate(
     generator: torch.Generator | None = None,
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> torch.Tensor:
-    """(B, P) prompt ids -> (B, P + max_new_tokens) ids, each new token drawn from
-    softmax(logits / temperature) restricted to the ``top_k`` likeliest (argmax when temperature
-    is 0). The context is cropped to the model's ``block_size``. Eval mode while sampling."""
-    block = model.config.block_size
-    was_training = model.training
-    model.eval()
-    idx = prompt
-    try:
-        for _ in range(max_new_tokens):
-            with autocast():
-                logits = model(idx[:, -block:])[:, -1, :].float()
-            if temperature == 0:
-                nxt = logits.argmax(-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k is not None and top_k < logits.shape[-1]:
-                    kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                probs = torch.softmax(logits, dim=-1)
-                nxt = torch.multinomial(probs, 1, generator=generator)
-            idx = torch.cat([idx, nxt], dim=1)
-    finally:
-        model.train(was_training)
-    return idx
+    """(B, P) prompt ids -> (B, P + max_new_tokens) ids through the model's own KV-cache sampler
+    (``GPT.generate``: softmax(logits / temperature) over the ``top_k`` likeliest, argmax at
+    temperature 0), under the run's autocast."""
+    with autocast():
+        return model.generate(prompt, max_new_tokens, temperature, top_k, generator)
 
 
 def generation_flops(model_cfg: Any, n_seqs: int, prompt_len: int, new_tokens: int) -> float:
-    """Forward FLOPs of :func:`generate` without a KV cache: new token i costs a forward over the
-    L_i = min(prompt_len + i, block_size) tokens of its context. Per-token training FLOPs are
-    linear in the context (6N + 12 L H Q T), so two evaluations give them at every length."""
-    train0 = model_flops_per_token(model_cfg, 0)["train"]
-    slope = model_flops_per_token(model_cfg, 1)["train"] - train0
-    total = 0
-    for i in range(new_tokens):
-        ctx_len = min(prompt_len + i, model_cfg.block_size)
-        total += (train0 + slope * ctx_len) // 3 * ctx_len  # forward = train // 3, as there
+    """Forward FLOPs of :func:`generate` with ``GPT.generate``'s KV cache: the first step feeds
+    the prompt, each later step one token attending over the context so far; when the context
+    reaches ``block_size`` the cache restarts and the cropped window is fed again. A token fed at
+    context length L costs the forward share of 6N + 12 L H Q L-per-token (nanoGPT's estimate)."""
+    block = model_cfg.block_size
+    cached, length, total = 0, prompt_len, 0.0
+    for _ in range(new_tokens):
+        if cached == 0 or cached >= block:
+            fed = min(length, block)
+            context = cached = fed
+        else:
+            fed, context = length - cached, length
+            cached = length
+        total += fed * model_flops_per_token(model_cfg, context)["forward"]
+        length += 1
     return float(total * n_seqs)
 
 
