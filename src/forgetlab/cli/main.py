@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from forgetlab.cli import data as data_cli
-from forgetlab.cli import model_commands, report_commands
+from forgetlab.cli import experiment_commands, model_commands, report_commands
 
 app = typer.Typer(
     help="forgetlab: controlled experiments on forgetting in small GPT-style language models.",
@@ -28,6 +28,7 @@ app.add_typer(data_cli.app, name="data")
 app.add_typer(bench_app, name="bench")
 model_commands.register(app)
 report_commands.register(app)
+experiment_commands.register(app)
 console = Console()
 
 
@@ -71,15 +72,29 @@ def run(
         typer.Option(help="add a mechanism, e.g. replay:policy=reservoir,capacity=512"),
     ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+    scale: Annotated[str | None, typer.Option(help="study specs: the [scales.NAME] to use")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="study specs: runs in parallel")] = 1,
+    executor: Annotated[str, typer.Option(help="study specs: local | ray")] = "local",
 ) -> None:
-    """Run a spec: prepare its data if needed, train through the stream, print R and metrics."""
+    """Run a spec: a single run (train through the stream, print R and metrics) or a study
+    (every run of its design, then results.parquet; see `forgetlab plan` and `forgetlab report`)."""
     from forgetlab.cli.render import print_run_summary
-    from forgetlab.config import load_run_config
+    from forgetlab.config import ConfigError, load_toml, resolve_run_config
     from forgetlab.data import prepare
     from forgetlab.mechanisms import build_mechanisms, parse_mechanism_option
     from forgetlab.train import Trainer
 
-    cfg = load_run_config(spec, set_)
+    raw = load_toml(spec)
+    if experiment_commands.is_experiment_spec(raw):
+        if mechanism:
+            raise ConfigError(
+                "--mechanism applies to single runs; a study sets mechanisms in its levels"
+            )
+        experiment_commands.run_experiment_cli(spec, out, scale, workers, executor, set_, quiet)
+        return
+    if scale is not None:
+        raise ConfigError(f"--scale {scale!r}: {str(spec)!r} is a single-run spec without scales")
+    cfg = resolve_run_config(raw, set_)
     if mechanism:
         cfg.mechanisms = [*cfg.mechanisms, *(parse_mechanism_option(m) for m in mechanism)]
     build_mechanisms(cfg.mechanisms)  # validate knobs before any work

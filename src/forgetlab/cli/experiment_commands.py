@@ -1,0 +1,185 @@
+"""``forgetlab plan`` and the study half of ``forgetlab run``: the experiments layer's commands.
+
+:func:`register` adds ``plan`` to the main app; ``forgetlab run`` calls :func:`run_experiment_cli`
+when :func:`is_experiment_spec` says its TOML is a study rather than a single run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from forgetlab.config import ConfigError, load_toml
+
+STUDY_KEYS = ("factors", "groups", "design", "base")
+console = Console()
+
+
+def is_experiment_spec(raw: dict[str, Any]) -> bool:
+    """A study spec has factors, groups, a design or a base at its top level; a run spec has not."""
+    return any(k in raw for k in STUDY_KEYS)
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    from forgetlab.data import DataError
+
+    try:
+        yield
+    except (ConfigError, DataError) as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def default_out(name: str, scale: str | None) -> Path:
+    return Path("results") / (f"{name}-{scale}" if scale else name)
+
+
+def run_experiment_cli(
+    spec: Path,
+    out: Path | None,
+    scale: str | None,
+    workers: int,
+    executor: str,
+    overrides: list[str] | None,
+    quiet: bool,
+) -> None:
+    """Run every run of a study spec into ``out`` (default ``results/NAME[-SCALE]``); exit code 1
+    when a run failed (the others still ran, and a re-run retries only what is not finished)."""
+    from forgetlab.experiments import load_spec, run_experiment
+
+    raw = load_toml(spec)
+    parsed, scale_name = load_spec(raw, scale)
+    out = out or default_out(parsed.name, scale_name)
+    summary = run_experiment(raw, out, scale, workers, executor, overrides, quiet, list(sys.argv))
+    console.print(
+        f"{parsed.name}: {summary['planned']} planned runs ({summary['distinct']} distinct): "
+        f"{summary['finished']} finished ({summary['skipped_finished']} already were), "
+        f"{len(summary['failed'])} failed"
+    )
+    for run_id, error in summary["errors"].items():
+        console.print(
+            f"[red]failed[/] {run_id}: {error.splitlines()[0] if error else ''}", highlight=False
+        )
+    console.print(f"experiment directory: [bold]{out}[/] (results.parquet, experiment.json)")
+    if summary["failed"]:
+        raise typer.Exit(1)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def print_plan(plan: dict[str, Any]) -> None:
+    console.print(
+        f"[bold]{plan['name']}[/] scale={plan['scale']} design={plan['design']} "
+        f"reference={plan['reference']}: {plan['n_runs']} planned runs, "
+        f"{plan['n_distinct_runs']} distinct"
+    )
+    by_cell: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in plan["runs"]:
+        by_cell.setdefault((r["group"], r["budget"]), []).append(r)
+    table = Table(title="runs per group and budget")
+    for col in (
+        "group",
+        "budget",
+        "runs",
+        "steps/stage",
+        "tokens/run",
+        "FLOPs/run",
+        "6ND/run",
+        "wall/run here",
+    ):
+        table.add_column(col, justify="left" if col in ("group", "budget") else "right")
+    for (group, budget), rs in by_cell.items():
+        r = rs[0]
+        table.add_row(
+            group,
+            budget,
+            str(len(rs)),
+            str(r["steps_per_stage"]),
+            _fmt(r["train_tokens"]),
+            _fmt(r["flops_training"]),
+            _fmt(r["flops_6nd"]),
+            f"{r['wall_s']:,.0f} s",
+        )
+    console.print(table)
+    t = plan["totals"]
+    tp = plan["throughput"]
+    console.print(
+        f"totals over distinct runs: {_fmt(t['train_tokens'])} training tokens, "
+        f"{_fmt(t['flops_training'])} training FLOPs (+{_fmt(t['flops_eval'])} evaluation), "
+        f"6ND {_fmt(t['flops_6nd'])}; wall here {t['wall_s'] / 3600:,.2f} h at "
+        f"{tp['flops_per_s'] / 1e9:,.1f} GFLOP/s on {tp['device']} ({tp['source']})"
+    )
+    gpus = Table(title="reference GPUs (one run per GPU)")
+    for col in (
+        "GPU",
+        "effective TFLOP/s",
+        "utilisation",
+        "$/h",
+        "s/run",
+        "GPU-hours",
+        "cost $",
+        "s/run 6ND",
+        "GPU-hours 6ND",
+        "cost $ 6ND",
+    ):
+        gpus.add_column(col, justify="left" if col == "GPU" else "right")
+    for g in plan["gpus"]:
+        gpus.add_row(
+            g["name"],
+            f"{g['effective_flops'] / 1e12:,.1f}",
+            f"{g['utilisation']:.1%}",
+            f"{g['price_per_hour']:.2f}",
+            f"{g['seconds_per_run']:,.0f}",
+            f"{g['gpu_hours']:,.2f}",
+            f"{g['cost']:,.2f}",
+            f"{g['seconds_per_run_6nd']:,.0f}",
+            f"{g['gpu_hours_6nd']:,.2f}",
+            f"{g['cost_6nd']:,.2f}",
+        )
+    console.print(gpus)
+    uncalibrated = [g for g, f in plan["flops_by_group"].items() if f.get("source") == "model only"]
+    if uncalibrated:
+        console.print(
+            f"[yellow]note:[/] mechanism FLOPs of {uncalibrated} not measured here "
+            "(too slow on this machine); `forgetlab run` calibrates them."
+        )
+
+
+def plan_command(
+    spec: Annotated[Path, typer.Argument(help="study spec (TOML)")],
+    scale: Annotated[str | None, typer.Option(help="a [scales.NAME] block of the spec")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="override for every run, e.g. train.lr=3e-4")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="an experiment directory whose FLOPs calibrations to reuse")
+    ] = None,
+) -> None:
+    """The study's runs with stable ids, tokens, FLOPs, wall time here, GPU-hours and cost."""
+    from forgetlab.experiments import ExperimentStore, build_plan, load_spec
+
+    with _one_line_errors():
+        parsed, scale_name = load_spec(load_toml(spec), scale)
+        parsed.overrides = [*parsed.overrides, *(overrides or [])]
+        cache = ExperimentStore(out).calibration() if out else None
+        plan = build_plan(parsed, scale_name, calibration_cache=cache)
+    if as_json:
+        typer.echo(json.dumps(plan, indent=2, default=str))
+        return
+    print_plan(plan)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plan")(plan_command)

@@ -1,0 +1,214 @@
+"""Run a whole study: expand, match budgets, prepare data, execute, collect, with progress.
+
+Order of work: validate and expand the spec (every run's config resolves before anything
+starts), make the data the runs need, calibrate matched-FLOPs budgets, write experiment.json
+(hashing the pre-registration), then hand the runs that are not finished to the executor. A run
+that fails is recorded with its error and the others go on; running the same command again skips
+finished runs and resumes interrupted ones from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from forgetlab.config import RunConfig
+from forgetlab.experiments.budgets import calibration_window, group_flops, match_steps
+from forgetlab.experiments.design import PlannedRun, expand, same_shape_configs
+from forgetlab.experiments.executors import RunTask, make_executor
+from forgetlab.experiments.spec import ExperimentSpec, load_spec
+from forgetlab.experiments.store import DirectoryLock, ExperimentStore
+
+log = logging.getLogger("forgetlab.experiments")
+
+
+def ensure_data(configs: list[RunConfig], progress: bool) -> None:
+    """Prepare each distinct (domains, tokenizer, cache) that cannot be opened yet, once, here,
+    before workers start (so they never race to build the same shards)."""
+    from forgetlab.data import DataError, open_stream, prepare
+
+    seen: set[tuple[Any, ...]] = set()
+    for cfg in configs:
+        key = (tuple(sorted(cfg.data.domains)), cfg.data.tokenizer, cfg.data.cache_dir)
+        if key in seen:
+            continue
+        seen.add(key)
+        assert cfg.data.tokenizer is not None
+        try:
+            open_stream(cfg.data.domains, cfg.data.tokenizer, cfg.data.cache_dir)
+        except DataError:
+            prepare(
+                cfg.data.domains,
+                cfg.data.tokenizer,
+                cfg.data.cache_dir,
+                sources=cfg.data.sources,
+                progress=progress,
+            )
+
+
+def matched_steps(spec: ExperimentSpec, store: ExperimentStore) -> dict[str, int] | None:
+    if "matched_flops" not in spec.budgets:
+        return None
+    configs, reference = same_shape_configs(spec)
+    mf = spec.matched_flops
+    window = calibration_window(configs, reference, mf.calibration_steps)
+    fns, _, cache = group_flops(configs, mf.method, window, store.calibration())
+    store.save_calibration(cache)
+    return match_steps(fns, reference, configs[reference].train.steps_per_stage, mf.tolerance)
+
+
+class Tracker:
+    """Counts done / running / failed and an ETA from the runs finished in this invocation."""
+
+    def __init__(self, total: int, slots: int, quiet: bool) -> None:
+        self.total, self.slots, self.lock = total, slots, threading.Lock()
+        self.done = self.failed = self.running = 0
+        self.seconds: list[float] = []
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            disable=quiet,
+        )
+        self.task = self.progress.add_task(self.text(), total=total)
+
+    def text(self) -> str:
+        remaining = self.total - self.done - self.failed
+        eta = "--"
+        if self.seconds and remaining:
+            mean = sum(self.seconds) / len(self.seconds)
+            eta = f"{mean * remaining / max(1, min(self.slots, remaining)):,.0f}s"
+        elif not remaining:
+            eta = "0s"
+        return f"done {self.done} · running {self.running} · failed {self.failed} · ETA {eta}"
+
+    def start(self, task: RunTask) -> None:
+        with self.lock:
+            self.running += 1
+            self.progress.update(self.task, description=self.text())
+
+    def finish(self, task: RunTask, outcome: dict[str, Any]) -> None:
+        with self.lock:
+            self.running -= 1
+            ok = outcome["status"] == "finished"
+            self.done += ok
+            self.failed += not ok
+            if ok and not outcome.get("skipped"):
+                self.seconds.append(float(outcome.get("seconds") or 0.0))
+            self.progress.update(self.task, advance=1, description=self.text())
+
+
+def run_experiment(
+    raw: dict[str, Any],
+    out: Path,
+    scale: str | None = None,
+    workers: int = 1,
+    executor: str = "local",
+    overrides: list[str] | None = None,
+    quiet: bool = False,
+    argv: list[str] | None = None,
+) -> dict[str, Any]:
+    """Run every run of the spec ``raw`` into ``out``; returns a summary of what happened."""
+    spec, scale = load_spec(raw, scale)
+    spec.overrides = [*spec.overrides, *(overrides or [])]
+    store = ExperimentStore(out)
+    with DirectoryLock(store.root):
+        ex = make_executor(executor, workers, store.root / "logs", spec.devices_per_run)
+        configs, reference = same_shape_configs(spec)
+        ensure_data(list(configs.values()), progress=not quiet)
+        planned = expand(spec, matched_steps(spec, store))
+        doc = store.begin(
+            _fields(raw, spec, scale, reference, planned),
+            argv or sys.argv,
+            _env(executor, ex.workers),
+        )
+        distinct = list({r.run_id: r for r in planned}.values())
+        todo = [r for r in distinct if store.status(r.run_id)[0] != "finished"]
+        log.info(
+            "%s: %d planned runs, %d distinct, %d to do",
+            spec.name,
+            len(planned),
+            len(distinct),
+            len(todo),
+        )
+        tracker = Tracker(len(todo), ex.workers, quiet)
+        lock = threading.Lock()
+
+        def on_done(task: RunTask, outcome: dict[str, Any]) -> None:
+            with lock:
+                if outcome["status"] == "finished":
+                    store.clear_error(task.run_id)
+                else:
+                    store.record_error(task.run_id, outcome["error"] or "unknown error")
+                    log.warning(
+                        "run %s failed: %s", task.run_id, (outcome["error"] or "").splitlines()[0]
+                    )
+                store.collect(doc)
+            tracker.finish(task, outcome)
+            log.info("run %s %s: %s", task.run_id, outcome["status"], tracker.text())
+
+        tasks = [
+            RunTask(r.run_id, r.config.model_dump(mode="json"), str(store.run_dir(r.run_id).root))
+            for r in todo
+        ]
+        with tracker.progress:
+            ex.run(tasks, tracker.start, on_done)
+        frame = store.collect(doc)
+        statuses = {r.run_id: store.status(r.run_id)[0] for r in distinct}
+        store.finish(doc, all(s == "finished" for s in statuses.values()))
+    failed = sorted(i for i, s in statuses.items() if s == "failed")
+    return {
+        "exp_dir": str(store.root),
+        "planned": len(planned),
+        "distinct": len(distinct),
+        "skipped_finished": len(distinct) - len(todo),
+        "ran": len(todo),
+        "finished": sum(s == "finished" for s in statuses.values()),
+        "failed": failed,
+        "errors": {i: str(frame.loc[frame.run_id == i, "error"].iloc[0]) for i in failed},
+    }
+
+
+def _fields(
+    raw: dict[str, Any],
+    spec: ExperimentSpec,
+    scale: str | None,
+    reference: str,
+    planned: list[PlannedRun],
+) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "spec": raw,
+        "scale": scale,
+        "design": spec.design.kind,
+        "factors": {f: list(levels) for f, levels in spec.factors.items()},
+        "reference": reference,
+        "preregistration": (
+            spec.preregistration.model_dump(mode="json") if spec.preregistration else None
+        ),
+        "runs": [r.record() for r in planned],
+    }
+
+
+def _env(executor: str, workers: int) -> dict[str, Any]:
+    import torch
+
+    from forgetlab.train.env import environment
+
+    return {
+        **environment(torch.device("cpu")),
+        "executor": executor,
+        "workers": workers,
+        "hostname": platform.node(),
+        "time": time.time(),
+    }

@@ -1,0 +1,140 @@
+"""Design expansion: group and run counts per design, stable run ids, scales and spec errors."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from forgetlab.cli.experiment_commands import is_experiment_spec
+from forgetlab.config import ConfigError
+from forgetlab.experiments import design_groups, expand, load_spec
+
+
+def lr_depth_spec(**extra):
+    raw = {
+        "name": "toy",
+        "base": {"model": {"preset": "micro"}, "data": {"tokenizer": "bpe-512"}},
+        "factors": {
+            "LR": {"lo": {}, "mid": {"train.lr": 2e-3}, "hi": {"train": {"lr": 3e-3}}},
+            "L": {"L2": {}, "L3": {"model": {"n_layer": 3}}},
+        },
+        "seeds": [0, 1],
+        "orders": {"fwd": ["code", "math"], "rev": ["math", "code"]},
+    }
+    raw.update(extra)
+    return raw
+
+
+def test_document_000_design_expands_to_96_planned_runs(cl_raw):
+    spec, scale = load_spec(cl_raw, "tiny")
+    groups = design_groups(spec)
+    assert scale == "tiny" and len(groups) == 8
+    assert {g.name for g in groups} >= {"T0_W0_R0", "T1_W1_R1", "T1_W0_R1"}
+    matched = {g.name: 150 if g.name == "T0_W0_R0" else 140 for g in groups}
+    runs = expand(spec, matched)
+    assert len(runs) == 8 * 3 * 2 * 2 == 96
+    # the reference's matched-FLOPs runs are its same-shape runs: same config, same id
+    assert len({r.run_id for r in runs}) == 90
+    t1 = next(r for r in runs if r.group == "T1_W1_R1")
+    assert t1.config.model.sparsity == "2:4"
+    assert [m.name for m in t1.config.mechanisms] == ["selective_write", "sleep"]
+    assert t1.levels == {"T": "T1", "W": "W1", "R": "R1"}
+
+
+def test_quickstart_scale_replaces_seeds_orders_and_budgets(cl_raw):
+    spec, _ = load_spec(cl_raw, "quickstart")
+    runs = expand(spec)
+    assert len(runs) == 8 and {r.order_name for r in runs} == {"forward"}
+    assert {r.config.train.steps_per_stage for r in runs} == {60}
+
+
+def test_full_factorial_one_at_a_time_groups_and_sweep_counts():
+    full, _ = load_spec(lr_depth_spec())
+    assert len(expand(full)) == 3 * 2 * 2 * 2
+    oat, _ = load_spec(lr_depth_spec(design={"kind": "one_at_a_time", "reference": "mid_L2"}))
+    assert [g.name for g in design_groups(oat)] == ["mid_L2", "lo_L2", "hi_L2", "mid_L3"]
+    sweep, _ = load_spec(lr_depth_spec(design={"kind": "sweep", "factor": "LR"}))
+    assert [g.name for g in design_groups(sweep)] == ["lo_L2", "mid_L2", "hi_L2"]
+    listed = lr_depth_spec(
+        design="groups",
+        groups={"base": {}, "deep-fast": {"levels": {"L": "L3"}, "train": {"lr": 5e-3}}},
+    )
+    spec, _ = load_spec(listed)
+    runs = expand(spec)
+    assert len(runs) == 2 * 2 * 2
+    deep = next(r for r in runs if r.group == "deep-fast")
+    assert deep.config.model.n_layer == 3 and deep.config.train.lr == 5e-3
+    assert deep.levels == {"L": "L3"}
+
+
+def test_run_ids_are_stable_and_change_only_with_the_config():
+    spec, _ = load_spec(lr_depth_spec())
+    first = {(r.group, r.seed, r.order_name): r.run_id for r in expand(spec)}
+    again, _ = load_spec(copy.deepcopy(lr_depth_spec()))
+    assert first == {(r.group, r.seed, r.order_name): r.run_id for r in expand(again)}
+    assert len(set(first.values())) == len(first)
+    changed = lr_depth_spec()
+    changed["factors"]["L"]["L3"] = {"model": {"n_layer": 4}}
+    spec2, _ = load_spec(changed)
+    second = {(r.group, r.seed, r.order_name): r.run_id for r in expand(spec2)}
+    for key, run_id in first.items():
+        assert (second[key] == run_id) == (not key[0].endswith("L3"))
+
+
+def test_overrides_apply_to_every_run_after_its_levels():
+    spec, _ = load_spec(lr_depth_spec(overrides=["train.lr=7e-3"]))
+    assert {r.config.train.lr for r in expand(spec)} == {7e-3}
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"design": "latin_square"}, "full_factorial"),
+        ({"design": {"kind": "sweep"}}, "design.factor"),
+        ({"budgets": ["same_flops"]}, "matched_flops"),
+        ({"orders": {"a": ["code", "math"], "b": ["code", "legal"]}}, "same domains"),
+        ({"seeds": [1, 1]}, "repeats"),
+        ({"typo": 1}, "unknown key 'typo'"),
+        ({"preregistration": {"primary_metric": "loss.forgetfulness"}}, "not a results column"),
+        (
+            {
+                "preregistration": {
+                    "primary_metric": "loss.BWT",
+                    "hypotheses": [{"id": "H", "statement": "s", "criterion": "af.A <"}],
+                }
+            },
+            "not a Python expression",
+        ),
+        (
+            {
+                "preregistration": {
+                    "primary_metric": "loss.BWT",
+                    "hypotheses": [{"id": "H", "statement": "s", "criterion": "af.__class__ < 1"}],
+                }
+            },
+            "dunder",
+        ),
+    ],
+)
+def test_invalid_specs_fail_with_a_clear_config_error(patch, message):
+    with pytest.raises(ConfigError, match=message):
+        load_spec(lr_depth_spec(**patch))
+
+
+def test_a_level_with_an_unknown_key_names_its_group():
+    raw = lr_depth_spec()
+    raw["factors"]["L"]["L3"] = {"model": {"n_layers": 3}}
+    spec, _ = load_spec(raw)
+    with pytest.raises(ConfigError, match=r"group 'lo_L3' \(levels .*n_layers"):
+        expand(spec)
+
+
+def test_unknown_scale_lists_the_allowed_ones(cl_raw):
+    with pytest.raises(ConfigError, match=r"allowed: \['full', 'quickstart', 'tiny'\]"):
+        load_spec(cl_raw, "huge")
+
+
+def test_is_experiment_spec_tells_studies_from_single_runs(cl_raw):
+    assert is_experiment_spec(cl_raw)
+    assert not is_experiment_spec({"name": "run", "model": {"preset": "tiny"}, "train": {}})

@@ -1,0 +1,197 @@
+"""Running a study: results.parquet, a failing run recorded while the others finish, resume,
+pre-registration change detection, and the plan's FLOPs matching what runs record."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from forgetlab.config import ConfigError
+from forgetlab.experiments import ExperimentStore, build_plan, load_spec, run_experiment
+
+CONTRACT_COLUMNS = {
+    "run_id",
+    "group",
+    "factor.LR",
+    "seed",
+    "order",
+    "budget",
+    "status",
+    "error",
+    "loss.ACC",
+    "loss.BWT",
+    "loss.FWT",
+    "loss.average_forgetting",
+    "loss.plasticity",
+    "loss.retention@1",
+    "loss.final_mean",
+    "bpb.final_mean",
+    "accuracy.ACC",
+    "bpb.BWT",
+    "convergence_mean",
+    "flops.training_total",
+    "flops.total_with_eval",
+    "train_tokens",
+    "wall_s",
+    "tokens_per_s",
+    "mfu",
+    "peak_rss_bytes",
+}
+
+
+@pytest.fixture(scope="module")
+def study(micro_base):
+    base = micro_base(domains=2, steps=4)
+    return {
+        "name": "toy",
+        "base": base,
+        "factors": {
+            "LR": {
+                "lo": {},
+                "hi": {"train": {"lr": 3e-3}},
+                # valid config, fails at run time: windows longer than the fixture's splits
+                "bad": {"model": {"block_size": 50000}},
+            }
+        },
+        "seeds": [0],
+        "preregistration": {"primary_metric": "loss.average_forgetting", "alpha": 0.05},
+    }
+
+
+@pytest.fixture(scope="module")
+def first_invocation(study, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "exp"
+    summary = run_experiment(study, out, workers=2, quiet=True, argv=["forgetlab", "run"])
+    return study, out, summary
+
+
+def test_a_failing_run_is_recorded_and_the_others_finish(first_invocation):
+    _, out, summary = first_invocation
+    frame = pd.read_parquet(out / "results.parquet")
+    by_group = frame.set_index("group")
+    assert by_group.loc["lo", "status"] == by_group.loc["hi", "status"] == "finished"
+    assert by_group.loc["bad", "status"] == "failed"
+    assert "50000" in by_group.loc["bad", "error"] or "block" in by_group.loc["bad", "error"]
+    assert summary["failed"] == [by_group.loc["bad", "run_id"]]
+    assert by_group.loc["lo", "loss.average_forgetting"] == pytest.approx(
+        json.loads((out / "runs" / by_group.loc["lo", "run_id"] / "run.json").read_text())[
+            "metrics"
+        ]["loss"]["average_forgetting"]
+    )
+    doc = json.loads((out / "experiment.json").read_text())
+    assert doc["finished"] is None  # not every run finished
+    assert doc["factors"] == {"LR": ["lo", "hi", "bad"]} and doc["reference"] == "lo"
+
+
+def test_results_parquet_has_the_contract_columns(first_invocation):
+    _, out, _ = first_invocation
+    frame = pd.read_parquet(out / "results.parquet")
+    assert set(frame.columns) >= CONTRACT_COLUMNS
+    assert len(frame) == 3 and frame["order"].iloc[0] == "code>math"
+    finished = frame[frame.status == "finished"]
+    assert (finished["train_tokens"] == 2 * 4 * 4 * 64).all()
+    assert finished["flops.training_total"].notna().all()
+
+
+def test_plan_flops_equal_what_the_runs_record(first_invocation):
+    study, out, _ = first_invocation
+    spec, _ = load_spec(study)
+    plan = {r["run_id"]: r for r in build_plan(spec, None, bench=False)["runs"]}
+    frame = pd.read_parquet(out / "results.parquet")
+    for _, row in frame[frame.status == "finished"].iterrows():
+        est = plan[row["run_id"]]
+        assert est["train_tokens"] == row["train_tokens"]
+        assert est["flops_training"] == pytest.approx(row["flops.training_total"], rel=1e-9)
+        assert est["flops_training"] + est["flops_eval"] == pytest.approx(
+            row["flops.total_with_eval"], rel=1e-9
+        )
+
+
+def test_a_second_invocation_skips_finished_runs_and_flags_a_changed_preregistration(
+    first_invocation, tmp_path
+):
+    study, first_out, _ = first_invocation
+    out = tmp_path / "exp"
+    shutil.copytree(first_out, out)
+    store = ExperimentStore(out)
+    first = store.read()
+    finished = [r["run_id"] for r in first["runs"] if r["group"] != "bad"]
+    stamps = {i: (out / "runs" / i / "run.json").stat().st_mtime_ns for i in finished}
+    changed = copy.deepcopy(study)
+    changed["preregistration"]["alpha"] = 0.01  # decided after seeing data: must be flagged
+    summary = run_experiment(changed, out, workers=1, quiet=True, argv=["again"])
+    assert summary["skipped_finished"] == 2 and summary["ran"] == 1  # only the failed one retried
+    assert {i: (out / "runs" / i / "run.json").stat().st_mtime_ns for i in finished} == stamps
+    doc = store.read()
+    assert doc["preregistration_changed"] is True
+    assert doc["preregistration_sha256"] == first["preregistration_sha256"]
+    assert doc["preregistration_sha256_now"] != first["preregistration_sha256"]
+    assert (
+        doc["preregistration"]["alpha"] == 0.05
+        and doc["preregistered_at"] == first["preregistered_at"]
+    )
+    assert doc["commands"] == [["forgetlab", "run"], ["again"]]
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(micro_base, tmp_path, monkeypatch):
+    from forgetlab.train import Trainer
+
+    raw = {"name": "resume", "base": micro_base(domains=3, steps=4), "factors": {"LR": {"lo": {}}}}
+    out = tmp_path / "exp"
+    spec, _ = load_spec(raw)
+    from forgetlab.experiments import expand
+
+    (run,) = expand(spec)
+    original = Trainer._run_stage
+
+    def stop_after_first_stage(self, stage, *args):
+        if stage == 1:
+            raise KeyboardInterrupt  # the machine went away after stage 1's checkpoint
+        return original(self, stage, *args)
+
+    monkeypatch.setattr(Trainer, "_run_stage", stop_after_first_stage)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(run.config, out / "runs" / run.run_id, progress=False).run()
+    monkeypatch.undo()
+    summary = run_experiment(raw, out, workers=1, quiet=True)
+    assert summary["ran"] == 1 and summary["failed"] == []
+    log = (out / "logs" / f"{run.run_id}.log").read_text()
+    assert "resuming" in log and "at stage 1" in log
+    record = json.loads((out / "runs" / run.run_id / "run.json").read_text())
+    assert record["status"] == "finished" and len(record["R"]["loss"]) == 4
+    assert json.loads((out / "experiment.json").read_text())["finished"] is not None
+
+
+def test_another_scale_in_the_same_directory_is_refused(micro_base, tmp_path):
+    raw = {
+        "name": "s",
+        "base": micro_base(),
+        "factors": {"A": {"a": {}}},
+        "scales": {"one": {"seeds": [0]}, "two": {"seeds": [1]}},
+    }
+    store = ExperimentStore(tmp_path)
+    store.begin({"name": "s", "scale": "one", "preregistration": None, "runs": []}, [], {})
+    with pytest.raises(ConfigError, match="at scale 'one', not 's' at scale 'two'"):
+        run_experiment(raw, tmp_path, scale="two", quiet=True)
+
+
+def test_ray_executor_runs_the_same_runs_on_a_local_ray_instance(micro_base, tmp_path):
+    ray = pytest.importorskip("ray", reason="ray is an optional extra: pip install forgetlab[ray]")
+    raw = {
+        "name": "ray",
+        "base": micro_base(domains=2, steps=3),
+        "factors": {"LR": {"lo": {}, "hi": {"train.lr": 3e-3}}},
+    }
+    # a run is a Ray task with a resource request; two of them fit the 2-CPU instance at once
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        summary = run_experiment(raw, tmp_path / "exp", workers=2, executor="ray", quiet=True)
+    finally:
+        ray.shutdown()
+    assert summary["finished"] == 2 and summary["failed"] == []
+    frame = pd.read_parquet(tmp_path / "exp" / "results.parquet")
+    assert (frame.status == "finished").all() and frame["loss.ACC"].notna().all()
