@@ -195,3 +195,21 @@ def test_ray_executor_runs_the_same_runs_on_a_local_ray_instance(micro_base, tmp
     assert summary["finished"] == 2 and summary["failed"] == []
     frame = pd.read_parquet(tmp_path / "exp" / "results.parquet")
     assert (frame.status == "finished").all() and frame["loss.ACC"].notna().all()
+
+
+def test_two_devices_per_run_train_data_parallel_under_torchrun(micro_base, tmp_path):
+    """devices_per_run = 2 starts the worker under torchrun (gloo ranks on the CPU)."""
+    raw = {
+        "name": "ddp",
+        "base": micro_base(domains=2, steps=3),
+        "factors": {"LR": {"lo": {}}},
+        "devices_per_run": 2,
+    }
+    summary = run_experiment(raw, tmp_path / "exp", workers=1, quiet=True)
+    assert summary["finished"] == 1 and summary["failed"] == []
+    (run_dir,) = (tmp_path / "exp" / "runs").iterdir()
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "finished"
+    assert record["timing"]["throughput"]["devices"] == 2
+    # 2 ranks x micro-batch 4 x 64 tokens x 3 steps x 2 stages
+    assert record["tokens"]["train_total"] == 2 * 4 * 64 * 3 * 2

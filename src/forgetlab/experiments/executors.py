@@ -3,8 +3,10 @@ the same two callbacks, so the runner does not know which one it drives.
 
 * ``local``: ``workers`` runs at a time, each in a fresh process (``python -m
   forgetlab.experiments.worker``). On the CPU each gets ``cores // workers`` threads; with CUDA
-  devices each worker owns one device through ``CUDA_VISIBLE_DEVICES`` (so ``device = "auto"`` or
-  ``"cuda"`` in the config is that device) and ``workers`` is capped at the device count.
+  devices each worker owns ``devices_per_run`` devices through ``CUDA_VISIBLE_DEVICES`` (so
+  ``device = "auto"`` or ``"cuda"`` in the config is that device) and ``workers`` is capped at
+  what the devices allow. With ``devices_per_run > 1`` the worker is started under ``torchrun``
+  and the trainer trains data-parallel (``forgetlab.train.distributed``).
 * ``ray``: every run is a Ray task with a resource request (``num_cpus``, ``num_gpus``), so a
   cluster (``RAY_ADDRESS``) scales the study with no code change; without an address a local Ray
   instance is started. Run directories must be on a filesystem the Ray nodes share.
@@ -39,14 +41,6 @@ OnStart = Callable[[RunTask], None]
 OnDone = Callable[[RunTask, Outcome], None]
 
 
-def check_devices_per_run(devices_per_run: int) -> None:
-    """Several devices per run need a data-parallel trainer, which forgetlab's is not (yet)."""
-    if devices_per_run != 1:
-        raise ConfigError(
-            f"devices_per_run = {devices_per_run}: the trainer runs on one device; allowed: 1"
-        )
-
-
 def cuda_devices() -> list[str]:
     """The CUDA devices this process may use (respecting an outer CUDA_VISIBLE_DEVICES)."""
     import torch
@@ -63,10 +57,24 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, workers: int, work_dir: Path, devices: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        workers: int,
+        work_dir: Path,
+        devices: list[str] | None = None,
+        devices_per_run: int = 1,
+    ) -> None:
         self.devices = cuda_devices() if devices is None else devices
-        self.workers = max(1, min(workers, len(self.devices)) if self.devices else workers)
-        self.threads = max(1, (os.cpu_count() or 1) // self.workers)
+        self.per_run = devices_per_run
+        if self.devices and len(self.devices) < devices_per_run:
+            raise ConfigError(
+                f"devices_per_run = {devices_per_run} but only {len(self.devices)} CUDA devices "
+                f"are visible; allowed: 1..{len(self.devices)}"
+            )
+        slots = len(self.devices) // devices_per_run if self.devices else workers
+        self.workers = max(1, min(workers, slots))
+        processes = self.workers * (devices_per_run if not self.devices else 1)
+        self.threads = max(1, (os.cpu_count() or 1) // processes)
         self.work_dir = work_dir
 
     def run(self, tasks: list[RunTask], on_start: OnStart, on_done: OnDone) -> None:
@@ -96,9 +104,14 @@ class LocalExecutor:
         result.unlink(missing_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads)}
         if self.devices:
-            env["CUDA_VISIBLE_DEVICES"] = self.devices[slot]
+            group = self.devices[slot * self.per_run : (slot + 1) * self.per_run]
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(group)
+        launcher = [sys.executable]
+        if self.per_run > 1:  # data-parallel: one process per device (gloo ranks on the CPU)
+            launcher += ["-m", "torch.distributed.run", "--standalone"]
+            launcher += [f"--nproc_per_node={self.per_run}"]
         cmd = [
-            sys.executable,
+            *launcher,
             "-m",
             "forgetlab.experiments.worker",
             "--config",
@@ -174,11 +187,15 @@ class RayExecutor:
 def make_executor(
     kind: str, workers: int, work_dir: Path, devices_per_run: int = 1
 ) -> LocalExecutor | RayExecutor:
-    check_devices_per_run(devices_per_run)
     if workers < 1:
         raise ConfigError(f"--workers = {workers}: allowed: an integer >= 1")
     if kind == "local":
-        return LocalExecutor(workers, work_dir)
+        return LocalExecutor(workers, work_dir, devices_per_run=devices_per_run)
     if kind == "ray":
+        if devices_per_run != 1:
+            raise ConfigError(
+                f"devices_per_run = {devices_per_run} with --executor ray: a Ray task runs one "
+                "process; use --executor local (torchrun) for several devices per run"
+            )
         return RayExecutor(workers, devices_per_run)
     raise ConfigError(f"--executor = {kind!r} is not an executor; allowed: ['local', 'ray']")

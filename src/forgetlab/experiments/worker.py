@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -51,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     outcome = run_one(config, args.out, args.threads)
     from forgetlab.atomic import atomic_write_json
 
-    atomic_write_json(args.result, outcome)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun rank 0 reports for the group
+        atomic_write_json(args.result, outcome)
     if outcome["error"]:
         print(outcome["error"], file=sys.stderr)
     return 0 if outcome["status"] == "finished" else 1
