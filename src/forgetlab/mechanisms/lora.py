@@ -1,0 +1,218 @@
+"""LoRA per domain (Hu et al. 2021): a frozen base, one low-rank adapter set per domain.
+
+Each targeted ``nn.Linear`` W gets, per domain d, an update dW_d = (alpha / r) B_d A_d with
+A_d (r x in) drawn like a Linear's weight (Kaiming-uniform, bound 1/sqrt(in)) and B_d (out x r)
+zero, so an adapter starts as the identity update (Hu 2021, sec. 4.1). Only domain s's adapter
+trains in stage s; every base weight and older adapter is frozen (document 002, 2.3: "one LoRA
+per domain, almost zero forgetting"). Domain j is evaluated with adapter j (task-ID routing); a
+domain not trained yet uses the newest adapter, i.e. the model as it stands, so R's upper
+triangle is forward transfer as for every other mechanism. With ``merge`` evaluation folds the
+adapter into the weights (W + dW, restored bit for bit afterwards), as deployed LoRA does.
+
+Why not PEFT: ``inject_adapter_in_model`` replaces each Linear by a wrapper, renaming the base
+weights (``c_attn.weight`` -> ``c_attn.base_layer.weight``) and adding adapter tensors to the
+model's state dict. forgetlab checkpoints are GPT state dicts read back into a freshly built GPT
+(``load_model``), so a PEFT-injected run can neither resume nor be inspected; importing PEFT also
+costs seconds (transformers) on every CLI start. The adapters here are forward hooks owned by the
+mechanism: the model file stays the untouched base, the adapters live in the mechanism's state.
+Because the adapters are outside ``model.parameters()``, this mechanism clips (and, under
+torchrun, all-reduces) their gradients itself; the trainer's own clip sees no gradient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from forgetlab.config import ConfigError
+from forgetlab.mechanisms.base import Batch, Mechanism, StepOutput, TrainContext, register
+
+DEFAULT_TARGETS = ("c_attn", "c_proj", "c_fc", "w_gate", "w_up", "c_v")
+
+
+class LoRALinear(nn.Module):
+    """One adapter for one Linear: x -> (alpha / r) * dropout(x) A^T B^T."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float,
+                 generator: torch.Generator) -> None:
+        super().__init__()
+        dev = base.weight.device
+        bound = 1.0 / math.sqrt(base.in_features)  # kaiming_uniform_(a=sqrt(5)) of nn.Linear
+        a = (torch.rand(rank, base.in_features, generator=generator, device=generator.device)
+             * 2 - 1) * bound
+        self.A = nn.Parameter(a.to(dev))
+        self.B = nn.Parameter(torch.zeros(base.out_features, rank, device=dev))
+        self.scale, self.dropout = alpha / rank, dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.dropout(x, self.dropout, self.training)
+        return (x @ self.A.t().to(x.dtype)) @ self.B.t().to(x.dtype) * self.scale
+
+    def delta(self) -> torch.Tensor:
+        return self.scale * (self.B @ self.A)
+
+
+class _Route:
+    """Which domain's adapter the hooks apply (None: none, e.g. while merged)."""
+
+    def __init__(self) -> None:
+        self.active: int | None = 0
+
+
+class _Hook:
+    """Forward hook adding the routed adapter's output. It holds its adapters, so a deep copy of
+    the model (e.g. a distillation teacher) gets frozen copies of them, not the live ones."""
+
+    def __init__(self, adapters: nn.ModuleList, route: _Route) -> None:
+        self.adapters, self.route = adapters, route
+
+    def __call__(self, module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor
+                 ) -> torch.Tensor:
+        if self.route.active is None:
+            return out
+        adapter = self.adapters[self.route.active]
+        adapter.train(module.training)
+        return out + adapter(args[0])
+
+
+@register
+class LoRA(Mechanism):
+    """One LoRA adapter set per domain on a frozen base, routed by domain at evaluation."""
+
+    name = "lora"
+    incompatible = frozenset(
+        {"packnet", "latent_replay", "ewc", "online_ewc", "si", "mas", "gem", "agem",
+         "lifelong_moe"}
+    )
+    incompatible_reason = (
+        "lora freezes the whole base and trains adapters outside the model's parameters: "
+        "penalties and gradient projections (ewc, online_ewc, si, mas, gem, agem) would act on "
+        "no trainable weight, packnet and lifelong_moe train base weights lora keeps frozen, and "
+        "latent_replay's stored activations come through one domain's lower adapters while "
+        "replay would train another domain's upper adapter on them"
+    )
+
+    class Knobs(Mechanism.Knobs):
+        rank: int = Field(8, ge=1, description="adapter rank r")
+        alpha: float = Field(16.0, gt=0.0, description="scale numerator: dW = (alpha / r) B A")
+        targets: list[str] = Field(
+            list(DEFAULT_TARGETS), min_length=1,
+            description="names (last path component) of the nn.Linear modules to adapt",
+        )
+        dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the adapter input")
+        merge: bool = Field(False, description="evaluate with W + dW folded into the weights")
+
+    def __init__(self, knobs: Knobs) -> None:
+        super().__init__(knobs)
+        self.knobs: LoRA.Knobs = knobs
+        self.bank = nn.ModuleDict()  # target module name ('.' -> '__') -> one adapter per domain
+        self.targets: dict[str, nn.Linear] = {}
+        self.route = _Route()
+        self.tokens = 0
+
+    # ------------------------------------------------------------------------------- set-up
+    def setup(self, ctx: TrainContext) -> None:
+        k = self.knobs
+        linears = {n: m for n, m in ctx.model.named_modules() if isinstance(m, nn.Linear)}
+        self.targets = {n: m for n, m in linears.items() if n.rsplit(".", 1)[-1] in k.targets}
+        if not self.targets:
+            raise ConfigError(
+                f"mechanism 'lora': targets = {k.targets} match no nn.Linear; the model has "
+                f"{sorted({n.rsplit('.', 1)[-1] for n in linears})}"
+            )
+        tied = getattr(ctx.model, "wte", None)
+        if k.merge and any(m.weight is getattr(tied, "weight", None) for m in self.targets.values()):
+            raise ConfigError("mechanism 'lora': merge would write into the tied token embedding")
+        for p in ctx.model.parameters():
+            p.requires_grad_(False)  # the frozen base: AdamW skips parameters without a gradient
+        n_domains = len(ctx.stream.domains)
+        for name, linear in self.targets.items():
+            adapters = nn.ModuleList(
+                LoRALinear(linear, k.rank, k.alpha, k.dropout, ctx.generator)
+                for _ in range(n_domains)
+            )
+            self.bank[name.replace(".", "__")] = adapters
+            linear.register_forward_hook(_Hook(adapters, self.route))
+        ctx.optimizer.add_param_group(
+            {"params": list(self.bank.parameters()), "weight_decay": ctx.config.train.weight_decay}
+        )
+        self._activate(0)
+
+    def _activate(self, stage: int) -> None:
+        """Route training through adapter ``stage``; only its parameters get gradients."""
+        self.route.active = stage
+        for adapters in self.bank.values():
+            for d, adapter in enumerate(adapters):
+                adapter.requires_grad_(d == stage)
+
+    def _current(self) -> list[nn.Parameter]:
+        assert self.route.active is not None
+        return [p for a in self.bank.values() for p in a[self.route.active].parameters()]
+
+    # -------------------------------------------------------------------------------- hooks
+    def on_stage_start(self, ctx: TrainContext) -> None:
+        self._activate(ctx.stage)
+
+    def loss(self, ctx: TrainContext, batch: Batch, output: StepOutput) -> dict[str, torch.Tensor]:
+        self.tokens += batch.n_tokens
+        return {}
+
+    def after_backward(self, ctx: TrainContext) -> None:
+        params = [p for p in self._current() if p.grad is not None]
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for p in params:  # DDP averages only the model's own gradients
+                dist.all_reduce(p.grad)
+                p.grad.div_(dist.get_world_size())
+        if ctx.config.train.grad_clip > 0 and params:
+            norm = torch.nn.utils.clip_grad_norm_(params, ctx.config.train.grad_clip)
+            ctx.log["lora/grad_norm"] = float(norm)
+
+    @contextlib.contextmanager
+    def eval_scope(self, ctx: TrainContext, domain_index: int) -> Iterator[None]:
+        """Domain j with adapter j; a domain beyond the one in training with the newest."""
+        domain = min(domain_index, ctx.stage)
+        saved: dict[str, torch.Tensor] = {}
+        try:
+            if self.knobs.merge:
+                self.route.active = None
+                with torch.no_grad():
+                    for name, linear in self.targets.items():
+                        saved[name] = linear.weight.detach().clone()
+                        delta = self.bank[name.replace(".", "__")][domain].delta()
+                        linear.weight.add_(delta.to(linear.weight.dtype))
+            else:
+                self.route.active = domain
+            yield
+        finally:
+            with torch.no_grad():
+                for name, value in saved.items():
+                    self.targets[name].weight.copy_(value)
+            self.route.active = ctx.stage
+
+    def flops(self, ctx: TrainContext) -> float:
+        """Adapter compute on training tokens: forward 2 r (in + out) per token and Linear, x3
+        for forward + backward (Kaplan et al. 2020's 6N rule applied to the adapter's N). The
+        weight gradients the frozen base no longer needs are not subtracted."""
+        per_token = sum(2 * self.knobs.rank * (m.in_features + m.out_features)
+                        for m in self.targets.values())
+        return 3.0 * per_token * self.tokens
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "adapters": {k: v.detach().cpu().clone() for k, v in self.bank.state_dict().items()},
+            "active": self.route.active,
+            "tokens": self.tokens,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.bank.load_state_dict(state["adapters"])  # copies in place: the optimizer's tensors
+        self._activate(state["active"])
+        self.tokens = state["tokens"]

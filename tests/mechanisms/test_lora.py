@@ -1,0 +1,107 @@
+"""LoRA per domain: frozen base, routed adapters (no forgetting by construction), merge, resume."""
+
+import pytest
+import torch
+from micro_run import micro_config
+
+from forgetlab.config import ConfigError, MechanismConfig
+from forgetlab.mechanisms import build_mechanisms
+from forgetlab.train import Trainer
+
+LORA = {"name": "lora", "rank": 4, "alpha": 8.0}
+
+
+@pytest.fixture(scope="module")
+def adapted(fixture_data, tmp_path_factory):
+    """Three domains; the model's full state at every evaluation (before and after each stage)."""
+    states = []
+    original = Trainer._evaluate_all
+
+    def spy(self, stage):
+        states.append({k: v.clone() for k, v in self.model.state_dict().items()})
+        return original(self, stage)
+
+    Trainer._evaluate_all = spy
+    try:
+        cfg = micro_config(fixture_data, [LORA], domains=3, grad_clip=1.0)
+        trainer = Trainer(cfg, tmp_path_factory.mktemp("lora") / "r", progress=False)
+        record = trainer.run()
+    finally:
+        Trainer._evaluate_all = original
+    return trainer, record, states
+
+
+def test_base_weights_are_bit_identical_after_every_stage(adapted):
+    _, _, states = adapted
+    assert len(states) == 4
+    for later in states[1:]:
+        for name, value in states[0].items():
+            assert torch.equal(value, later[name]), name
+
+
+def test_each_domain_is_evaluated_with_its_own_adapter_so_nothing_is_forgotten(adapted):
+    _, record, _ = adapted
+    for kind in ("loss", "accuracy"):
+        r = record["R"][kind]
+        for j in range(3):
+            for later in range(j + 2, 4):  # row s = after stage s; domain j trained in stage j+1
+                assert r[later][j] == r[j + 1][j], (kind, later, j)
+    loss = record["R"]["loss"]
+    assert loss[1][0] < loss[0][0] and loss[2][1] < loss[1][1]  # the adapters did learn
+
+
+def test_merged_adapter_gives_the_unmerged_logits_and_restores_the_weights(adapted):
+    trainer, _, _ = adapted
+    lora, model = trainer.mechanisms[0], trainer.model
+    probe = torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(0))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.eval()
+    outs = []
+    for merge in (False, True):
+        lora.knobs.merge = merge
+        with lora.eval_scope(trainer.ctx, 1), torch.no_grad():
+            outs.append(model(probe))
+    lora.knobs.merge = False
+    assert torch.allclose(outs[0], outs[1], atol=1e-5, rtol=0)
+    with torch.no_grad():
+        assert not torch.allclose(model(probe), outs[0], atol=1e-5)  # route is back on stage 3
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+def test_resumed_lora_run_ends_bitwise_equal(fixture_data, tmp_path, monkeypatch):
+    cfg = micro_config(fixture_data, [LORA], checkpoint_every=3)
+    ref_trainer = Trainer(cfg, tmp_path / "ref", progress=False)
+    ref = ref_trainer.run()
+    calls = {"n": 0}
+    original = Trainer._train_step
+
+    def crashing(self, stage):
+        calls["n"] += 1
+        if calls["n"] == 6:  # stage 2, step 2: after the mid-stage checkpoint at global step 3
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, stage)
+
+    monkeypatch.setattr(Trainer, "_train_step", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, tmp_path / "resumed", progress=False).run()
+    monkeypatch.setattr(Trainer, "_train_step", original)
+    resumed_trainer = Trainer(cfg, tmp_path / "resumed", progress=False)
+    resumed = resumed_trainer.run()
+    assert resumed["R"] == ref["R"]
+    a = ref_trainer.mechanisms[0].state_dict()
+    b = resumed_trainer.mechanisms[0].state_dict()
+    assert a["tokens"] == b["tokens"] and a["active"] == b["active"] == 1
+    for name, value in a["adapters"].items():
+        assert torch.equal(value, b["adapters"][name]), name
+    assert resumed["flops"]["per_stage"] == ref["flops"]["per_stage"]
+
+
+def test_lora_refuses_latent_replay_and_unknown_targets_with_reasons(fixture_data, tmp_path):
+    with pytest.raises(ConfigError, match=r"cannot be combined with \['latent_replay'\].*lower"):
+        build_mechanisms([MechanismConfig(name="lora"), MechanismConfig(name="latent_replay")])
+    with pytest.raises(ConfigError, match=r"rank = 0"):
+        build_mechanisms([MechanismConfig(name="lora", rank=0)])
+    cfg = micro_config(fixture_data, [{"name": "lora", "targets": ["q_proj"]}])
+    with pytest.raises(ConfigError, match=r"match no nn.Linear.*c_attn"):
+        Trainer(cfg, tmp_path / "bad", progress=False).run()
