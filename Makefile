@@ -1,5 +1,5 @@
 # forgetlab: two commands on a fresh machine.
-#   make quickstart   set up .venv (torch 2.13.0 CPU wheel + the project), prepare the data, run the quickstart
+#   make quickstart   set up .venv (torch 2.13.0 CPU wheel + the project), prepare the data, run the quickstart study
 #   make test         set up .venv if needed, run the test suite
 PYTHON ?= python3
 VENV   := .venv
@@ -21,13 +21,14 @@ install: $(STAMP)
 data: install
 	$(BIN)/forgetlab data prepare --tokenizer bpe-2k --domains code,math,medical,legal,dialogue
 
+# The quickstart: document 000's 2x2x2 study (sparsity T x selective write W x sleep R) at its
+# `quickstart` scale (8 groups, 1 seed, 1 order, 60 steps per stage), its report, and the plain
+# fine-tuning group's R matrices. A second `make quickstart` reuses the finished runs.
 quickstart: data
-	@if [ -f $(QUICKSTART_OUT)/run.json ] && grep -q '"status": "finished"' $(QUICKSTART_OUT)/run.json; then \
-		echo "$(QUICKSTART_OUT) holds a finished run (never overwritten); its results:"; \
-		$(BIN)/forgetlab show $(QUICKSTART_OUT); \
-	else \
-		$(BIN)/forgetlab run experiments/quickstart.toml --out $(QUICKSTART_OUT); \
-	fi
+	$(BIN)/forgetlab run experiments/cl_mechanisms.toml --scale quickstart --workers 2 --quiet --out $(QUICKSTART_OUT)
+	$(BIN)/forgetlab report $(QUICKSTART_OUT)
+	$(BIN)/forgetlab show $(QUICKSTART_OUT) --group T0_W0_R0
+	@echo "report: $(QUICKSTART_OUT)/report.html (and report.md, analysis.json, plots/)"
 
 test: install
 	$(BIN)/python -m pytest

@@ -126,6 +126,17 @@ def test_resumed_run_ends_bitwise_equal_to_uninterrupted(fixture_data, tmp_path,
         assert torch.equal(pa, pb), name
 
 
+def test_generation_samples_are_recorded_and_reproducible(fixture_data, tmp_path):
+    cfg = micro_config(fixture_data, domains=1, samples=2, sample_tokens=5)
+    a = Trainer(cfg, tmp_path / "a", progress=False).run()
+    b = Trainer(cfg, tmp_path / "b", progress=False).run()
+    assert len(a["samples"]) == 2 and a["samples"] == b["samples"]
+    s = a["samples"][0]
+    assert s["domain"] == fixture_data.domains[0] and s["prompt"] and s["completion"]
+    on_disk = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert on_disk["samples"] == a["samples"]
+
+
 def test_same_seed_same_numbers(fixture_data, tmp_path):
     cfg = micro_config(fixture_data, domains=1)
     a = Trainer(cfg, tmp_path / "a", progress=False).run()

@@ -178,7 +178,10 @@ def bench_peak_cmd(
 @app.command()
 @clean_errors
 def show(
-    run_dir: Annotated[Path, typer.Argument(help="a run directory")],
+    run_dir: Annotated[Path, typer.Argument(help="a run directory, or a study's directory")],
+    group: Annotated[
+        str | None, typer.Option(help="in a study: show this group's first finished run")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print run.json's R and metrics")] = False,
 ) -> None:
     """Print a run's R matrices, unigram baselines and metrics from its run.json."""
@@ -186,6 +189,8 @@ def show(
     from forgetlab.config import ConfigError
     from forgetlab.train import RunDir
 
+    if group is not None:
+        run_dir = _study_run(run_dir, group)
     record = RunDir(run_dir).read()
     if record is None:
         raise ConfigError(f"{str(run_dir)!r} holds no run.json: not a forgetlab run directory")
@@ -193,8 +198,28 @@ def show(
         keys = ("status", "domains", "R", "unigram", "metrics", "flops", "tokens")
         typer.echo(json.dumps({k: record.get(k) for k in keys}, indent=2))
         return
-    console.print(f"status: {record['status']}")
+    console.print(f"{run_dir}: {record['status']}")
     print_run_summary(record, console)
+
+
+def _study_run(study_dir: Path, group: str) -> Path:
+    """The directory of ``group``'s first finished run in a study's experiment.json."""
+    from forgetlab.config import ConfigError
+    from forgetlab.train import RunDir
+
+    meta = study_dir / "experiment.json"
+    if not meta.exists():
+        raise ConfigError(
+            f"--group needs a study directory; {str(study_dir)!r} has no experiment.json"
+        )
+    runs = json.loads(meta.read_text())["runs"]
+    groups = sorted({r["group"] for r in runs})
+    if group not in groups:
+        raise ConfigError(f"--group = {group!r} is not a group of this study; allowed: {groups}")
+    for r in runs:
+        if r["group"] == group and RunDir(study_dir / r["dir"]).status() == "finished":
+            return study_dir / r["dir"]
+    raise ConfigError(f"group {group!r} has no finished run in {str(study_dir)!r}")
 
 
 if __name__ == "__main__":

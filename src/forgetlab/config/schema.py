@@ -219,6 +219,9 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(0, ge=0, description="0 = only at stage ends")
     log_every: int = Field(10, ge=1)
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch default")
+    samples: int = Field(0, ge=0, description="generation samples per domain at the end of the run")
+    sample_tokens: int = Field(48, ge=1, description="tokens generated per sample")
+    sample_temperature: float = Field(0.8, ge=0, description="0 = greedy")
 
     @model_validator(mode="after")
     def _check_lr(self) -> TrainConfig:

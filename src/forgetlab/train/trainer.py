@@ -466,6 +466,8 @@ class Trainer:
         for stage in range(stage0, n_stages):
             self._run_stage(stage, step0 if stage == stage0 else 0, n_stages)
         record = self._record("finished")
+        if self.cfg.train.samples:
+            record["samples"] = self._generation_samples()
         self._write_curves(self.curves)
         self._write_run_json(record)
         return record
@@ -564,6 +566,28 @@ class Trainer:
         )
         self._checkpoint(stage + 1, 0)
         self._write_run_json(self._record("running"))
+
+    def _generation_samples(self) -> list[dict[str, Any]]:
+        """Continuations of real validation prompts, to read what the final model writes.
+
+        Each prompt is the first quarter of a fixed validation window of its domain; sampling
+        draws from a generator seeded by the run, so the samples are reproducible.
+        """
+        cfg = self.cfg.train
+        tok = self.stream.tokenizer
+        gen = torch.Generator(device=self.generator.device).manual_seed(self.cfg.seed + 1)
+        prompt_len = max(1, self.model_cfg.block_size // 4)
+        out = []
+        for name, es in zip(self.stream.domains, self.eval_sets, strict=True):
+            rows = torch.linspace(0, es.x.shape[0] - 1, cfg.samples).long()
+            prompts = es.x[rows, :prompt_len]
+            with torch.inference_mode(), self.autocast():
+                seqs = self.model.generate(
+                    prompts, cfg.sample_tokens, cfg.sample_temperature, 50, gen
+                )
+            for p, seq in zip(prompts.tolist(), seqs[:, prompt_len:].tolist(), strict=True):
+                out.append({"domain": name, "prompt": tok.decode(p), "completion": tok.decode(seq)})
+        return out
 
     def _mechanism_flops(self) -> float:
         return float(sum(m.flops(self.ctx) for m in self.mechanisms))
