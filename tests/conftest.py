@@ -27,8 +27,9 @@ class FixtureData:
 def fixture_sources() -> dict[str, SourceConfig]:
     """The five stream domains as user sources over the shipped excerpts."""
     return {
-        d: SourceConfig(files=[str(FIXTURE_CORPUS / d / "*.jsonl")],
-                        val_fraction=FIXTURE_VAL_FRACTION)
+        d: SourceConfig(
+            files=[str(FIXTURE_CORPUS / d / "*.jsonl")], val_fraction=FIXTURE_VAL_FRACTION
+        )
         for d in STREAM_DOMAINS
     }
 
@@ -42,6 +43,37 @@ def fixture_data(tmp_path_factory: pytest.TempPathFactory) -> FixtureData:
     from forgetlab.data import prepare
 
     cache = tmp_path_factory.mktemp("forgetlab-data")
-    prepare(list(STREAM_DOMAINS), FIXTURE_TOKENIZER, str(cache), sources=fixture_sources(),
-            workers=1, progress=False)
+    prepare(
+        list(STREAM_DOMAINS),
+        FIXTURE_TOKENIZER,
+        str(cache),
+        sources=fixture_sources(),
+        workers=1,
+        progress=False,
+    )
     return FixtureData(str(cache), FIXTURE_TOKENIZER, list(STREAM_DOMAINS))
+
+
+@pytest.fixture
+def killed_run():
+    """``killed_run(cfg, out, at)`` trains ``cfg`` into ``out`` and kills it (KeyboardInterrupt,
+    as a Ctrl-C or a dying worker would) at its ``at``-th training step, for resume tests."""
+    from forgetlab.train import Trainer
+
+    def run(cfg, out, at: int) -> None:
+        original = Trainer._train_step
+        calls = 0
+
+        def crashing(self, stage):
+            nonlocal calls
+            calls += 1
+            if calls == at:
+                raise KeyboardInterrupt("simulated kill")
+            return original(self, stage)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(Trainer, "_train_step", crashing)
+            with pytest.raises(KeyboardInterrupt):
+                Trainer(cfg, out, progress=False).run()
+
+    return run

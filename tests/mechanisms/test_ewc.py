@@ -66,22 +66,10 @@ def test_ewc_penalises_the_second_domain_and_counts_fisher_flops(fixture_data, t
     assert record["flops"]["total"]["mechanisms"] > per_token * fisher_tokens
 
 
-def test_ewc_resumed_run_is_bitwise_equal(fixture_data, tmp_path, monkeypatch):
+def test_ewc_resumed_run_is_bitwise_equal(fixture_data, tmp_path, killed_run):
     cfg = micro_config(fixture_data, EWC, checkpoint_every=2)
     ref = Trainer(cfg, tmp_path / "ref", progress=False).run()
-    calls = {"n": 0}
-    original = Trainer._train_step
-
-    def crashing(self, stage):
-        calls["n"] += 1
-        if calls["n"] == 8:  # stage 2, step 4: after the checkpoint at global step 6
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, stage)
-
-    monkeypatch.setattr(Trainer, "_train_step", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg, tmp_path / "resumed", progress=False).run()
-    monkeypatch.setattr(Trainer, "_train_step", original)
+    killed_run(cfg, tmp_path / "resumed", at=8)  # stage 2, step 4: after the checkpoint at global step 6
     resumed = Trainer(cfg, tmp_path / "resumed", progress=False).run()
 
     assert resumed["R"] == ref["R"]

@@ -89,23 +89,11 @@ def record_curves(trainer, stage):
     return [c for c in trainer.curves if c.get("stage") == stage and "train_loss" in c]
 
 
-def test_resumed_latent_replay_run_ends_bitwise_equal(fixture_data, tmp_path, monkeypatch):
+def test_resumed_latent_replay_run_ends_bitwise_equal(fixture_data, tmp_path, killed_run):
     cfg = micro_config(fixture_data, [LATENT], checkpoint_every=3)
     ref_trainer = Trainer(cfg, tmp_path / "ref", progress=False)
     ref = ref_trainer.run()
-    calls = {"n": 0}
-    original = Trainer._train_step
-
-    def crashing(self, stage):
-        calls["n"] += 1
-        if calls["n"] == 6:  # stage 2, step 2: after the mid-stage checkpoint at global step 3
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, stage)
-
-    monkeypatch.setattr(Trainer, "_train_step", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg, tmp_path / "resumed", progress=False).run()
-    monkeypatch.setattr(Trainer, "_train_step", original)
+    killed_run(cfg, tmp_path / "resumed", at=6)  # stage 2, step 2: after the mid-stage checkpoint at global step 3
     resumed_trainer = Trainer(cfg, tmp_path / "resumed", progress=False)
     resumed = resumed_trainer.run()
     assert resumed["R"] == ref["R"]

@@ -1,7 +1,6 @@
 """Lifelong-MoE through the real trainer: old experts frozen bit for bit, exact resume."""
 
 import pandas as pd
-import pytest
 import torch
 
 from forgetlab.config import resolve_run_config
@@ -25,7 +24,7 @@ def lifelong_config(fixture_data, checkpoint_every=0):
 
 
 def test_lifelong_moe_freezes_old_experts_bit_for_bit_and_resumes_exactly(
-    fixture_data, tmp_path, monkeypatch
+    fixture_data, tmp_path, monkeypatch, killed_run
 ):
     snapshots = {}
     original_start = LifelongMoE.on_stage_start
@@ -52,19 +51,7 @@ def test_lifelong_moe_freezes_old_experts_bit_for_bit_and_resumes_exactly(
     assert kl and all(v >= 0 for v in kl)  # KL to the stage-start model, logged per step
     assert all(r["moe/balance"] > 0 for r in curves if r["stage"] == 0 and r["moe/balance"] == r["moe/balance"])
 
-    calls = {"n": 0}
-    original = Trainer._train_step
-
-    def crashing(self, stage):
-        calls["n"] += 1
-        if calls["n"] == 8:  # stage 2, after the mid-stage checkpoint at global step 6
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, stage)
-
-    monkeypatch.setattr(Trainer, "_train_step", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg, tmp_path / "resumed", progress=False).run()
-    monkeypatch.setattr(Trainer, "_train_step", original)
+    killed_run(cfg, tmp_path / "resumed", at=8)  # stage 2, after the mid-stage checkpoint at global step 6
     resumed = Trainer(cfg, tmp_path / "resumed", progress=False).run()
     assert resumed["R"] == ref["R"]
     b = load_model(tmp_path / "resumed" / "checkpoints" / "latest" / "model.safetensors")

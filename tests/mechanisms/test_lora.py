@@ -69,23 +69,11 @@ def test_merged_adapter_gives_the_unmerged_logits_and_restores_the_weights(adapt
         assert torch.equal(value, before[name]), name
 
 
-def test_resumed_lora_run_ends_bitwise_equal(fixture_data, tmp_path, monkeypatch):
+def test_resumed_lora_run_ends_bitwise_equal(fixture_data, tmp_path, killed_run):
     cfg = micro_config(fixture_data, [LORA], checkpoint_every=3)
     ref_trainer = Trainer(cfg, tmp_path / "ref", progress=False)
     ref = ref_trainer.run()
-    calls = {"n": 0}
-    original = Trainer._train_step
-
-    def crashing(self, stage):
-        calls["n"] += 1
-        if calls["n"] == 6:  # stage 2, step 2: after the mid-stage checkpoint at global step 3
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, stage)
-
-    monkeypatch.setattr(Trainer, "_train_step", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg, tmp_path / "resumed", progress=False).run()
-    monkeypatch.setattr(Trainer, "_train_step", original)
+    killed_run(cfg, tmp_path / "resumed", at=6)  # stage 2, step 2: after the mid-stage checkpoint at global step 3
     resumed_trainer = Trainer(cfg, tmp_path / "resumed", progress=False)
     resumed = resumed_trainer.run()
     assert resumed["R"] == ref["R"]

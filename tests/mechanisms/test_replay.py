@@ -102,24 +102,12 @@ def test_herding_replay_on_the_trainer(fixture_data, tmp_path):
     assert stages[1]["train_tokens"] == STEPS * 4 * 64  # replay keeps the batch shape
 
 
-def test_resumed_replay_run_ends_bitwise_equal(fixture_data, tmp_path, monkeypatch):
+def test_resumed_replay_run_ends_bitwise_equal(fixture_data, tmp_path, killed_run):
     cfg = micro_config(fixture_data, [{"name": "replay", "capacity": 5}], checkpoint_every=3)
     ref_trainer = Trainer(cfg, tmp_path / "ref", progress=False)
     ref = ref_trainer.run()
 
-    calls = {"n": 0}
-    original = Trainer._train_step
-
-    def crashing(self, stage):
-        calls["n"] += 1
-        if calls["n"] == 6:  # stage 2, step 2: after the mid-stage checkpoint at global step 3
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, stage)
-
-    monkeypatch.setattr(Trainer, "_train_step", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg, tmp_path / "resumed", progress=False).run()
-    monkeypatch.setattr(Trainer, "_train_step", original)
+    killed_run(cfg, tmp_path / "resumed", at=6)  # stage 2, step 2: after the mid-stage checkpoint at global step 3
     resumed_trainer = Trainer(cfg, tmp_path / "resumed", progress=False)
     resumed = resumed_trainer.run()
 

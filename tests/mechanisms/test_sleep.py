@@ -72,7 +72,7 @@ def test_knobs_must_match_the_source():
 
 
 def test_resumed_run_with_gate_replay_and_sleep_is_bitwise_equal(fixture_data, tmp_path,
-                                                                 monkeypatch):
+                                                                 killed_run):
     import torch
 
     from forgetlab.models import load_model
@@ -93,19 +93,7 @@ def test_resumed_run_with_gate_replay_and_sleep_is_bitwise_equal(fixture_data, t
     })
     ref_trainer = Trainer(cfg, tmp_path / "ref", progress=False)
     ref = ref_trainer.run()
-    calls = {"n": 0}
-    original = Trainer._train_step
-
-    def crashing(self, stage):
-        calls["n"] += 1
-        if calls["n"] == 7:  # stage 2, step 3: after the checkpoint at global step 5
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, stage)
-
-    monkeypatch.setattr(Trainer, "_train_step", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg, tmp_path / "resumed", progress=False).run()
-    monkeypatch.setattr(Trainer, "_train_step", original)
+    killed_run(cfg, tmp_path / "resumed", at=7)  # stage 2, step 3: after the checkpoint at global step 5
     resumed_trainer = Trainer(cfg, tmp_path / "resumed", progress=False)
     resumed = resumed_trainer.run()
 

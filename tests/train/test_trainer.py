@@ -99,24 +99,12 @@ def test_unfinished_run_with_other_config_is_refused(fixture_data, tmp_path):
         Trainer(micro_config(fixture_data), out, progress=False)
 
 
-def test_resumed_run_ends_bitwise_equal_to_uninterrupted(fixture_data, tmp_path, monkeypatch):
+def test_resumed_run_ends_bitwise_equal_to_uninterrupted(fixture_data, tmp_path, killed_run):
     cfg = micro_config(fixture_data, domains=2, checkpoint_every=4)
     ref = Trainer(cfg, tmp_path / "ref", progress=False).run()
 
-    calls = {"n": 0}
-    original = Trainer._train_step
-
-    def crashing(self, stage):
-        calls["n"] += 1
-        if calls["n"] == 10:  # stage 2, step 4: after the mid-stage checkpoint at global step 8
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, stage)
-
-    monkeypatch.setattr(Trainer, "_train_step", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg, tmp_path / "resumed", progress=False).run()
+    killed_run(cfg, tmp_path / "resumed", at=10)  # stage 2, step 4: after the mid-stage checkpoint at global step 8
     assert RunDir(tmp_path / "resumed").status() == "failed"
-    monkeypatch.setattr(Trainer, "_train_step", original)
     resumed = Trainer(cfg, tmp_path / "resumed", progress=False).run()
 
     assert resumed["R"] == ref["R"]
