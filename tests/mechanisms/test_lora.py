@@ -39,6 +39,16 @@ def test_base_weights_are_bit_identical_after_every_stage(adapted):
             assert torch.equal(value, later[name]), name
 
 
+def test_run_record_counts_the_adapters_as_the_trainable_parameters(adapted):
+    trainer, record, _ = adapted
+    adapters = sum(p.numel() for p in trainer.mechanisms[0].parameters())
+    assert adapters > 0
+    assert record["parameters"]["mechanisms"] == adapters
+    # the base is frozen and, at the end, only the last domain's adapter set trains
+    assert record["parameters"]["trainable"] == adapters // 3
+    assert record["parameters"]["total"] == trainer.model.num_params() + adapters
+
+
 def test_each_domain_is_evaluated_with_its_own_adapter_so_nothing_is_forgotten(adapted):
     _, record, _ = adapted
     for kind in ("loss", "accuracy"):

@@ -126,6 +126,11 @@ class Mechanism:
     def flops(self, ctx: TrainContext) -> float:
         return 0.0
 
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters the mechanism owns outside the model (e.g. LoRA adapters), so that run
+        records count what a run really trains."""
+        return []
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

@@ -197,6 +197,9 @@ class LoRA(Mechanism):
                     self.targets[name].weight.copy_(value)
             self.route.active = ctx.stage
 
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.bank.parameters())
+
     def flops(self, ctx: TrainContext) -> float:
         """Adapter compute on training tokens: forward 2 r (in + out) per token and Linear, x3
         for forward + backward (Kaplan et al. 2020's 6N rule applied to the adapter's N). The

@@ -395,10 +395,7 @@ class Trainer:
             "config_hash": config_hash(cfg),
             "config": cfg.model_dump(mode="json"),
             "model": self.model_cfg.model_dump(mode="json"),
-            "parameters": {
-                "total": self.model.num_params(),
-                "trainable": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
-            },
+            "parameters": self._parameter_counts(),
             "precision": self.precision,
             "domains": domains,
             "tokenizer": self.stream.tokenizer.name,
@@ -416,6 +413,17 @@ class Trainer:
             "env": environment(self.device),
             "started": self.started,
             "updated": datetime.now(timezone.utc).isoformat(),
+        }
+
+    def _parameter_counts(self) -> dict[str, int]:
+        """Model parameters plus those mechanisms own outside the model (LoRA adapters);
+        ``trainable`` counts what has requires_grad at the time of the record."""
+        extra = [p for m in self.mechanisms for p in m.parameters()]
+        params = [*self.model.parameters(), *extra]
+        return {
+            "total": self.model.num_params() + sum(p.numel() for p in extra),
+            "trainable": sum(p.numel() for p in params if p.requires_grad),
+            "mechanisms": sum(p.numel() for p in extra),
         }
 
     def _convergence(self) -> list[int | None]:
