@@ -22,6 +22,7 @@ before it the teacher would be the random initialisation.
 
 from __future__ import annotations
 
+import abc
 import copy
 from typing import Any, Literal
 
@@ -57,7 +58,7 @@ def distillation_loss(
     return temperature**2 * mean
 
 
-class Distillation(Mechanism):
+class Distillation(Mechanism, abc.ABC):
     """The teacher (the model at stage start), its forward on each batch and the distillation
     term; subclasses only say how the term and the supervised loss are weighted."""
 
@@ -71,8 +72,9 @@ class Distillation(Mechanism):
         self._teacher_state: dict[str, torch.Tensor] | None = None
         self.teacher_tokens = 0
 
+    @abc.abstractmethod
     def weigh(self, distill: torch.Tensor, supervised: torch.Tensor) -> dict[str, torch.Tensor]:
-        raise NotImplementedError(f"{type(self).__name__} must define weigh()")
+        """The loss terms from the distillation and supervised token losses."""
 
     def on_stage_start(self, ctx: TrainContext) -> None:
         self.teacher = self._frozen_copy(ctx) if ctx.stage > 0 else None

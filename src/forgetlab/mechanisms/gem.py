@@ -18,6 +18,7 @@ vector; the memories' gradients are extra forward and backward passes and are co
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import numpy as np
@@ -55,7 +56,7 @@ def agem_project(g: torch.Tensor, g_ref: torch.Tensor) -> torch.Tensor:
     return g - dot / torch.dot(g_ref, g_ref) * g_ref
 
 
-class EpisodicProjection(Mechanism):
+class EpisodicProjection(Mechanism, abc.ABC):
     """The per-domain memories and the gradient plumbing GEM and A-GEM share."""
 
     class Knobs(Mechanism.Knobs):
@@ -66,8 +67,9 @@ class EpisodicProjection(Mechanism):
         self.memory: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.memory_tokens = 0  # tokens passed forward and backward for memory gradients
 
+    @abc.abstractmethod
     def project(self, ctx: TrainContext, g: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must define project()")
+        """The flat gradient ``g`` projected against the memories' constraints."""
 
     def on_stage_end(self, ctx: TrainContext) -> None:
         if ctx.stage < len(ctx.stream.domains) - 1:

@@ -15,6 +15,7 @@ Zenke's surrogate c * sum Omega (theta - theta~)^2 is this penalty with lambda =
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import torch
@@ -79,7 +80,7 @@ def _cpu(t: Tensors) -> Tensors:
     return {k: v.detach().cpu().clone() for k, v in t.items()}
 
 
-class ImportancePenalty(Mechanism):
+class ImportancePenalty(Mechanism, abc.ABC):
     """Base of EWC / online EWC / SI / MAS: adds the penalty, consolidates at every stage end.
 
     A subclass defines ``importance(ctx)`` for the domain just finished, and ``decay`` (None =
@@ -101,8 +102,9 @@ class ImportancePenalty(Mechanism):
         self.penalty = QuadraticPenalty()
         self.extra_flops = 0.0
 
+    @abc.abstractmethod
     def importance(self, ctx: TrainContext) -> Tensors:
-        raise NotImplementedError(f"{type(self).__name__} must define importance(ctx)")
+        """Per-parameter importance of the domain just finished."""
 
     def loss(self, ctx: TrainContext, batch: Batch, output: StepOutput) -> dict[str, torch.Tensor]:
         if not self.penalty.terms:
