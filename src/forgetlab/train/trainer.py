@@ -165,7 +165,6 @@ class Trainer:
         )
         self.R: dict[str, list[list[float]]] = {k: [] for k in METRIC_KINDS}
         self.curves: list[dict[str, Any]] = []
-        self.stage_start_step = 0
         self.data_rng = np.random.default_rng([cfg.seed, 0])
         self.mech_flops_at_stage_start = 0.0
         self.started = datetime.now(timezone.utc).isoformat()
