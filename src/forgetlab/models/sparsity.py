@@ -16,6 +16,7 @@ Expert tensors of the MoE, the memory bank, embeddings and frozen Q/K are not ma
 
 from __future__ import annotations
 
+import abc
 import functools
 
 import torch
@@ -31,19 +32,20 @@ def _mask_grad(module: nn.Linear, grad: torch.Tensor) -> torch.Tensor:
     return grad * module.weight_mask
 
 
-class Sparsity(nn.Module):
+class Sparsity(nn.Module, abc.ABC):
     """Base: masks every ``nn.Linear`` inside ``model.blocks`` (subclasses choose the mask)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.by_magnitude = cfg.sparsity_init == "magnitude"
 
+    @abc.abstractmethod
     def mask(self, weight: torch.Tensor, name: str) -> torch.Tensor:
-        raise NotImplementedError
+        """The fixed 0/1 mask of the matrix ``weight`` (named ``name``)."""
 
+    @abc.abstractmethod
     def kept(self, shape: torch.Size) -> int:
         """Weights kept by the mask of a matrix of ``shape`` (for the FLOPs accountant)."""
-        raise NotImplementedError
 
     def scores(self, weight: torch.Tensor) -> torch.Tensor:
         """What the mask keeps the largest of: |w|, or uniform noise for a random mask."""
@@ -73,7 +75,10 @@ class Dense(Sparsity):
     """No mask: every weight trains."""
 
     def attach(self, model: nn.Module) -> None:
-        return None
+        return None  # nothing to mask, no hooks: the dense model runs untouched
+
+    def mask(self, weight: torch.Tensor, name: str) -> torch.Tensor:
+        return torch.ones_like(weight)
 
     def kept(self, shape: torch.Size) -> int:
         return shape.numel()
