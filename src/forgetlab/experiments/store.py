@@ -29,6 +29,7 @@ import pandas as pd
 
 from forgetlab.atomic import atomic_write, atomic_write_json, atomic_write_text
 from forgetlab.config import ConfigError
+from forgetlab.experiments.spec import RUN_METRICS
 from forgetlab.train.rundir import RunDir
 
 EXPERIMENT_JSON = "experiment.json"
@@ -173,21 +174,7 @@ def empty_metrics(n_domains: int) -> dict[str, float]:
     """Every metric column, NaN: the schema does not depend on which runs have finished."""
     names = [f"{k}.{m}" for k in KINDS for m in KIND_METRICS]
     names += [f"{k}.retention@{i}" for k in KINDS for i in range(1, n_domains)]
-    names += [
-        "loss.final_mean",
-        "bpb.final_mean",
-        "convergence_mean",
-        "flops.training_total",
-        "flops.total_with_eval",
-        "train_tokens",
-        "wall_s",
-        "tokens_per_s",
-        "mfu",
-        "peak_rss_bytes",
-        "params.total",
-        "params.trainable",
-        "params.frozen",
-    ]
+    names += ["loss.final_mean", "bpb.final_mean", *RUN_METRICS]
     return dict.fromkeys(names, np.nan)
 
 
