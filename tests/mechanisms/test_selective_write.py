@@ -90,6 +90,26 @@ def test_sequence_gate_and_replayed_rows():
     assert set(entropy.topk(2).indices.tolist()) == set(w[:4, 0].nonzero().flatten().tolist())
 
 
+def test_the_window_counts_tokens_in_both_granularities():
+    """A sequence score stands for its tokens: a 64-token window over 8-token sequences keeps the
+    last 8 sequence scores, so after a domain switch the quantile follows the new scores as soon
+    as 64 new tokens have passed, as the token gate does."""
+    m = gate_of(write_fraction=0.5, granularity="sequence", window=64)
+    stream = torch.ones(4, dtype=torch.bool)
+    for _ in range(5):  # old domain: sequence scores around 1
+        m.gate(torch.full((4, 1), 1.0), stream, tokens_per_score=8)
+    assert m.history.numel() == 8
+    m.gate(torch.full((4, 1), 3.0), stream, tokens_per_score=8)
+    m.gate(torch.full((4, 1), 3.0), stream, tokens_per_score=8)  # 64 new-domain tokens
+    assert m.history.eq(3.0).all()
+    new = torch.tensor([[2.0], [2.5], [3.5], [4.0]])
+    assert m.gate(new, stream, tokens_per_score=8).flatten().tolist() == [False, False, True, True]
+
+    tokens = gate_of(write_fraction=0.5, window=64)
+    tokens.gate(torch.ones(4, 32), stream)
+    assert tokens.history.numel() == 64
+
+
 def test_knobs_are_validated():
     from forgetlab.config import ConfigError
 

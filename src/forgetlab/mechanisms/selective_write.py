@@ -4,8 +4,12 @@ Before each micro-batch the current model scores every stream token: surprise is
 log-likelihood, uncertainty the entropy of the predictive distribution. A token (or, with
 ``granularity = "sequence"``, a whole sequence by its mean score) is written -- its loss weight
 stays 1 -- when its score stands out against running statistics of recent scores: either its
-z-score against the last ``window`` scores reaches ``threshold``, or it lies in the top
-``write_fraction`` of them (a running quantile, so the fraction written tracks the target). Gated
+z-score against the scores of the last ``window`` stream tokens reaches ``threshold``, or it lies
+in the top ``write_fraction`` of them (a running quantile, so the fraction written tracks the
+target). The window counts tokens in both granularities (a sequence score stands for its
+``block_size`` tokens), so the statistics forget the previous domain within the same number of
+tokens whichever gate is used; a window counted in sequences would span several stages and make
+the quantile lag behind every domain switch. Gated
 tokens get weight 0 and hence exactly zero gradient (the trainer's loss is sum(w*l)/sum(w)).
 Rows replayed from a memory are always written. A memory mechanism (``replay``, ``sleep``) stores
 a stream row only when the gate wrote at least half its tokens, so one gate decides both what the
@@ -48,7 +52,9 @@ class SelectiveWrite(Mechanism):
         threshold: float | None = Field(
             None, description="write when the score's z-score against the window reaches this"
         )
-        window: int = Field(8192, ge=2, description="recent scores the running statistics span")
+        window: int = Field(
+            8192, ge=2, description="recent stream tokens the running statistics span"
+        )
 
         @model_validator(mode="after")
         def _one_rule(self) -> SelectiveWrite.Knobs:
@@ -86,7 +92,7 @@ class SelectiveWrite(Mechanism):
         scores = token_scores(logits, batch.y, self.knobs.signal)
         if self.knobs.granularity == "sequence":
             scores = scores.mean(1, keepdim=True)
-        gate = self.gate(scores, stream)
+        gate = self.gate(scores, stream, tokens_per_score=seq if scores.shape[1] == 1 else 1)
         weights = gate.float().expand(-1, seq).clone()
         weights[~stream] = 1.0
         if batch.weights is not None:
@@ -96,13 +102,16 @@ class SelectiveWrite(Mechanism):
         ctx.log["selective_write/write_fraction"] = self.written / max(self.offered, 1)
         return Batch(batch.x, batch.y, weights, batch.domain, batch.replayed)
 
-    def gate(self, scores: torch.Tensor, stream: torch.Tensor) -> torch.Tensor:
-        """True where a stream score is written. The running statistics span the last ``window``
-        scores including this batch's (all of this batch's when it alone is longer)."""
+    def gate(
+        self, scores: torch.Tensor, stream: torch.Tensor, tokens_per_score: int = 1
+    ) -> torch.Tensor:
+        """True where a stream score is written. The running statistics span the scores of the
+        last ``window`` tokens including this batch's (all of this batch's when it alone is
+        longer); each score stands for ``tokens_per_score`` tokens."""
         fresh = scores[stream].flatten().float()
-        span = max(self.knobs.window, fresh.numel())
-        recent = torch.cat([self.history, fresh])[-span:]
-        self.history = recent[-self.knobs.window :]
+        keep = max(2, self.knobs.window // tokens_per_score)
+        recent = torch.cat([self.history, fresh])[-max(keep, fresh.numel()) :]
+        self.history = recent[-keep:]
         if recent.numel() == 0:
             return torch.zeros_like(scores, dtype=torch.bool)
         if self.knobs.threshold is not None:
