@@ -79,8 +79,47 @@ def test_merged_adapter_gives_the_unmerged_logits_and_restores_the_weights(adapt
         assert torch.equal(value, before[name]), name
 
 
-def test_resumed_lora_run_ends_bitwise_equal(fixture_data, tmp_path, killed_run):
-    cfg = micro_config(fixture_data, [LORA], checkpoint_every=3)
+def test_base_stages_train_the_base_then_freeze_it_for_the_adapters(fixture_data, tmp_path):
+    """base_stages = 1: stage 1 is full fine-tuning (the base changes, no adapter trains); from
+    stage 2 on the base is bit-identical and every domain, the base's own included, keeps its
+    losses exactly."""
+    states = []
+    original = Trainer._evaluate_all
+
+    def spy(self, stage):
+        states.append({k: v.clone() for k, v in self.model.state_dict().items()})
+        return original(self, stage)
+
+    Trainer._evaluate_all = spy
+    try:
+        cfg = micro_config(fixture_data, [{**LORA, "base_stages": 1}], domains=3)
+        trainer = Trainer(cfg, tmp_path / "r", progress=False)
+        record = trainer.run()
+    finally:
+        Trainer._evaluate_all = original
+    assert any(not torch.equal(states[0][k], states[1][k]) for k in states[0])
+    for later in states[2:]:
+        for name, value in states[1].items():
+            assert torch.equal(value, later[name]), name
+    lora = trainer.mechanisms[0]
+    for adapters in lora.bank.values():  # domain 0's adapter never trained (B stays zero)
+        assert adapters[0].B.eq(0).all() and adapters[1].B.ne(0).any()
+    loss = record["R"]["loss"]
+    for j in range(3):
+        for later in range(j + 2, 4):
+            assert loss[later][j] == loss[j + 1][j], (later, j)
+    assert loss[1][0] < loss[0][0] - 0.1  # the base learned its domain
+
+
+def test_base_stages_must_leave_a_stage_for_the_adapters(fixture_data, tmp_path):
+    cfg = micro_config(fixture_data, [{**LORA, "base_stages": 2}], domains=2)
+    with pytest.raises(ConfigError, match=r"base_stages = 2 leaves no stage.*2 domains"):
+        Trainer(cfg, tmp_path / "bad", progress=False).run()
+
+
+@pytest.mark.parametrize("base_stages", [0, 1])
+def test_resumed_lora_run_ends_bitwise_equal(fixture_data, tmp_path, killed_run, base_stages):
+    cfg = micro_config(fixture_data, [{**LORA, "base_stages": base_stages}], checkpoint_every=3)
     ref_trainer = Trainer(cfg, tmp_path / "ref", progress=False)
     ref = ref_trainer.run()
     killed_run(cfg, tmp_path / "resumed", at=6)  # stage 2, step 2: after the mid-stage checkpoint at global step 3
@@ -89,7 +128,7 @@ def test_resumed_lora_run_ends_bitwise_equal(fixture_data, tmp_path, killed_run)
     assert resumed["R"] == ref["R"]
     a = ref_trainer.mechanisms[0].state_dict()
     b = resumed_trainer.mechanisms[0].state_dict()
-    assert a["tokens"] == b["tokens"] and a["active"] == b["active"] == 1
+    assert a["tokens"] == b["tokens"] and a["stage"] == b["stage"] == 1
     for name, value in a["adapters"].items():
         assert torch.equal(value, b["adapters"][name]), name
     assert resumed["flops"]["per_stage"] == ref["flops"]["per_stage"]
