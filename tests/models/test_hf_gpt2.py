@@ -71,6 +71,44 @@ def test_hf_export_loads_in_transformers_with_the_same_logits(
     assert max_abs_diff(ours, hf) < 1e-5
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"attention": "orthogonal", "freeze_qk": True},
+        {"attention": "orthogonal", "freeze_qk": False, "bias": False, "qk_init": "whole"},
+        {"sparsity": "2:4"},
+        {"sparsity": "block", "sparsity_block": 8, "attention": "orthogonal"},
+    ],
+)
+def test_orthogonal_and_sparse_models_export_with_the_same_logits(
+    tmp_path: Path, overrides: dict
+) -> None:
+    """Frozen orthogonal Q/K are plain Q/K weights to GPT-2 (fused into c_attn) and masked
+    weights are plain zeros: both export exactly, without forgetlab-only tensors."""
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    base = dict(n_layer=2, n_head=4, n_embd=48, block_size=CONTEXT, vocab_size=VOCAB)
+    ours = GPT(ModelConfig.model_validate({**base, **overrides}))
+    with torch.no_grad():  # perturb (frozen buffers too), then re-apply the sparsity masks
+        g = torch.Generator().manual_seed(2)
+        for t in [*ours.parameters(), *(b for n, b in ours.named_buffers() if "mask" not in n)]:
+            t.add_(torch.randn(t.shape, generator=g) * 0.05)
+    ours.after_optimizer_step()
+    ours.eval()
+    export_hf(ours, tmp_path / "hf")
+    keys = load_file(tmp_path / "hf" / "model.safetensors").keys()
+    assert not [k for k in keys if "mask" in k or "q_weight" in k or "c_v" in k]
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    assert max_abs_diff(ours, hf) < 1e-5
+
+
+def test_grouped_query_attention_is_refused_by_name(tmp_path: Path) -> None:
+    cfg = ModelConfig(n_layer=1, n_head=4, n_kv_head=2, n_embd=16, block_size=8, vocab_size=11)
+    with pytest.raises(ModelExportError, match="'n_kv_head': 2"):
+        export_hf(GPT(cfg), tmp_path)
+
+
 def test_convert_cli_path_round_trips_forgetlab_to_hf_and_back(tmp_path: Path) -> None:
     torch.manual_seed(0)
     cfg = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=CONTEXT, vocab_size=VOCAB)

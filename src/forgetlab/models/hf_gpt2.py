@@ -2,9 +2,12 @@
 
 The files are read and written directly, so ``transformers`` is not needed at run time. GPT-2's
 ``Conv1D`` layers store weights as (in, out); ``nn.Linear`` wants (out, in), so those four
-weights are transposed both ways. Only GPT-2-expressible models are exported: standard attention,
-GELU MLP, LayerNorm, learned positions (a model without biases is written with zero biases,
-which computes the same function).
+weights are transposed both ways. Only GPT-2-expressible models are exported: standard or
+orthogonal attention without grouped K/V, GELU MLP, LayerNorm, learned positions. What GPT-2
+computes the same way is translated: a model without biases is written with zero biases;
+document 001's orthogonal Q/K (frozen buffers or trainable) are ordinary Q/K weights to GPT-2, so
+``q_weight``, ``k_weight`` and ``c_v`` are fused into ``c_attn`` (zero Q/K biases); a sparse
+model's masked weights are already zero, so its ``weight_mask`` buffers are dropped.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ _ACTIVATIONS = {
     "gelu_pytorch_tanh": "gelu_tanh",
 }
 _EXPORT_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
-_GPT2_PARTS = {"attention": "standard", "ffn": "mlp", "norm": "layernorm", "positions": "learned"}
+_GPT2_PARTS = {"ffn": "mlp", "norm": "layernorm", "positions": "learned"}
+_GPT2_ATTENTION = ("standard", "orthogonal")
 
 
 def is_hf_gpt2_dir(path: Path) -> bool:
@@ -110,12 +114,15 @@ def load_hf_gpt2(directory: str | Path) -> GPT:
 
 def check_exportable(cfg: ModelConfig) -> None:
     wrong = {k: getattr(cfg, k) for k, v in _GPT2_PARTS.items() if getattr(cfg, k) != v}
+    if cfg.attention not in _GPT2_ATTENTION:
+        wrong["attention"] = cfg.attention
     if cfg.n_kv_head not in (None, cfg.n_head):
         wrong["n_kv_head"] = cfg.n_kv_head
     if wrong:
         raise ModelExportError(
             f"cannot export to Hugging Face GPT-2: model parts {wrong} have no GPT-2 equivalent; "
-            f"GPT-2 needs {_GPT2_PARTS} and n_kv_head = None"
+            f"GPT-2 needs {_GPT2_PARTS}, attention in {list(_GPT2_ATTENTION)} and "
+            "n_kv_head = None"
         )
 
 
@@ -147,10 +154,27 @@ def hf_config_dict(cfg: ModelConfig) -> dict[str, Any]:
     }
 
 
+def _fuse_orthogonal_qkv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``attn.{q_weight,k_weight}`` + ``attn.c_v`` -> one ``attn.c_attn`` (Q, K, V stacked along
+    the output dimension, as GPT-2's split expects); Q/K have no bias, so theirs is zero."""
+    out = dict(state)
+    for q_key in [k for k in state if k.endswith(".attn.q_weight")]:
+        prefix = q_key.removesuffix("q_weight")
+        q, k = out.pop(q_key), out.pop(prefix + "k_weight")
+        v = out.pop(prefix + "c_v.weight")
+        out[prefix + "c_attn.weight"] = torch.cat([q, k, v])
+        v_bias = out.pop(prefix + "c_v.bias", None)
+        if v_bias is not None:
+            zeros = torch.zeros(q.shape[0] + k.shape[0], dtype=v_bias.dtype)
+            out[prefix + "c_attn.bias"] = torch.cat([zeros, v_bias])
+    return out
+
+
 def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     """The model's weights under GPT-2 names, Conv1D-transposed, zero biases where it has none."""
     state = {}
-    for key, value in state_dict_to_save(model).items():
+    saved = {k: v for k, v in state_dict_to_save(model).items() if not k.endswith(".weight_mask")}
+    for key, value in _fuse_orthogonal_qkv(saved).items():
         if value.ndim == 2 and key.endswith(CONV1D_WEIGHTS):
             value = value.t()
         state[forgetlab_to_gpt2_key(key)] = value.float().contiguous()
@@ -163,6 +187,8 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
             and weight is not None
         ):
             rows = weight.shape[0]
+            if name.endswith(".attn.c_v"):  # fused with Q/K above: c_attn's bias spans all three
+                name, rows = name.removesuffix("c_v") + "c_attn", 3 * rows
             state[forgetlab_to_gpt2_key(f"{name}.bias")] = torch.zeros(rows)
     return state
 
