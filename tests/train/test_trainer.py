@@ -130,3 +130,36 @@ def test_same_seed_same_numbers(fixture_data, tmp_path):
     a = Trainer(cfg, tmp_path / "a", progress=False).run()
     b = Trainer(cfg, tmp_path / "b", progress=False).run()
     assert a["R"] == b["R"]
+
+
+def test_time_to_target_is_the_first_evaluation_at_or_below_the_target(fixture_data, tmp_path):
+    cfg = micro_config(fixture_data, domains=2, eval_every=2, target_ppl=1e9)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    record = trainer.run()
+    reached = record["metrics"]["time_to_target"]
+    # any perplexity is below 1e9: the first in-stage evaluation, after 2 steps of 4 x 64 tokens
+    assert [t["steps"] for t in reached] == [2, 2]
+    assert [t["tokens"] for t in reached] == [2 * 4 * 64] * 2
+    assert all(0 < t["train_s"] < sum(record["timing"]["per_stage"][s].values())
+               for s, t in enumerate(reached))
+
+    # against the curves, for a target between the stage's first and last evaluation
+    curves = pd.DataFrame(trainer.curves).dropna(subset=["val_loss"])
+    first = curves[curves.stage == 0].sort_values("stage_step")
+    target = float(torch.tensor(first.val_loss.tolist()).exp().median())
+    expected = next(r for _, r in first.iterrows() if torch.tensor(r.val_loss).exp() <= target)
+    got = trainer._time_to_target(target)[0]
+    assert got["steps"] == expected.stage_step and got["train_s"] == expected.train_s
+    assert trainer._time_to_target(1.0001) == [None, None]  # never reached
+
+    from forgetlab.analysis.columns import flatten_record
+
+    row = flatten_record(record)
+    assert row["steps_to_target"] == 2 and row["tokens_to_target"] == 512
+    record["metrics"]["time_to_target"][1] = None  # one domain missed: no flattering mean
+    assert pd.isna(flatten_record(record)["steps_to_target"])
+
+
+def test_a_target_without_in_stage_evaluation_is_refused(fixture_data):
+    with pytest.raises(ConfigError, match=r"target_ppl = 50.0 needs in-stage evaluation"):
+        micro_config(fixture_data, target_ppl=50.0)

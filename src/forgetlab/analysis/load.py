@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from forgetlab.analysis.columns import flatten_record
 from forgetlab.config import ConfigError
 
 EXPERIMENT_JSON = "experiment.json"
@@ -23,8 +24,6 @@ RESULTS = "results.parquet"
 FINISHED = "finished"
 # Columns that identify a run; every other numeric column is a metric.
 ID_COLUMNS = ("run_id", "group", "seed", "order", "budget", "status", "error")
-KINDS = ("loss", "bpb", "accuracy")
-R_METRICS = ("ACC", "BWT", "FWT", "average_forgetting", "plasticity", "final_mean")
 
 
 @dataclass
@@ -86,24 +85,8 @@ def row_from_record(run: dict[str, Any], record: dict[str, Any] | None) -> dict[
         "status": (record or {}).get("status", "missing"),
         "error": (record or {}).get("error"),
     }
-    if not record or not record.get("metrics"):
-        return row
-    metrics = record["metrics"]
-    for kind in KINDS:
-        m = metrics.get(kind) or {}
-        row.update({f"{kind}.{name}": m.get(name) for name in R_METRICS if name in m})
-        row.update({f"{kind}.retention@{k}": v for k, v in (m.get("retention") or {}).items()})
-    conv = [c for c in metrics.get("convergence_steps") or [] if c is not None]
-    row["convergence_mean"] = float(np.mean(conv)) if conv else None
-    total = (record.get("flops") or {}).get("total") or {}
-    row["flops.training_total"] = total.get("training_total")
-    row["flops.total_with_eval"] = (total.get("training_total") or 0.0) + (total.get("eval") or 0.0)
-    row["train_tokens"] = (record.get("tokens") or {}).get("train_total")
-    timing = record.get("timing") or {}
-    row["wall_s"] = sum((timing.get("total") or {}).values()) or None
-    row["tokens_per_s"] = (timing.get("throughput") or {}).get("train_tokens_per_s")
-    row["mfu"] = (timing.get("throughput") or {}).get("mfu")
-    row["peak_rss_bytes"] = (record.get("peak_memory") or {}).get("cpu_max_rss")
+    if record and record.get("metrics"):
+        row.update(flatten_record(record))
     return row
 
 

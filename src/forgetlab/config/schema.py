@@ -222,11 +222,21 @@ class TrainConfig(_Strict):
     samples: int = Field(0, ge=0, description="generation samples per domain at the end of the run")
     sample_tokens: int = Field(48, ge=1, description="tokens generated per sample")
     sample_temperature: float = Field(0.8, ge=0, description="0 = greedy")
+    target_ppl: float | None = Field(
+        None, gt=1,
+        description="validation perplexity whose first crossing on each new domain is timed "
+        "(steps, tokens, training seconds); needs eval_every",
+    )
 
     @model_validator(mode="after")
     def _check_lr(self) -> TrainConfig:
         if self.min_lr > self.lr:
             raise ValueError(f"train.min_lr = {self.min_lr} is above train.lr = {self.lr}")
+        if self.target_ppl is not None and not self.eval_every:
+            raise ValueError(
+                f"train.target_ppl = {self.target_ppl} needs in-stage evaluation: set "
+                "train.eval_every > 0 (the target is checked at each evaluation)"
+            )
         return self
 
 

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from forgetlab.analysis.columns import RUN_METRICS
 from forgetlab.config import ConfigError
 
 DESIGNS = ("full_factorial", "one_at_a_time", "groups", "sweep")
@@ -41,19 +42,6 @@ REPLACED_BY_SCALE = ("seeds", "orders", "budgets")  # a scale's value replaces, 
 
 _KIND_METRIC = re.compile(
     r"^(loss|bpb|accuracy)\.(ACC|BWT|FWT|average_forgetting|plasticity|final_mean|retention@\d+)$"
-)
-RUN_METRICS = (
-    "convergence_mean",
-    "flops.training_total",
-    "flops.total_with_eval",
-    "train_tokens",
-    "wall_s",
-    "tokens_per_s",
-    "mfu",
-    "peak_rss_bytes",
-    "params.total",
-    "params.trainable",
-    "params.frozen",
 )
 
 

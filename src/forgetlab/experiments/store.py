@@ -24,18 +24,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
+from forgetlab.analysis.columns import empty_metrics, flatten_record
 from forgetlab.atomic import atomic_write, atomic_write_json, atomic_write_text
 from forgetlab.config import ConfigError
-from forgetlab.experiments.spec import RUN_METRICS
 from forgetlab.train.rundir import RunDir
 
 EXPERIMENT_JSON = "experiment.json"
 RESULTS = "results.parquet"
-KINDS = ("loss", "bpb", "accuracy")
-KIND_METRICS = ("ACC", "BWT", "FWT", "average_forgetting", "plasticity")
 
 
 def now() -> str:
@@ -170,47 +167,8 @@ class ExperimentStore:
         return row
 
 
-def empty_metrics(n_domains: int) -> dict[str, float]:
-    """Every metric column, NaN: the schema does not depend on which runs have finished."""
-    names = [f"{k}.{m}" for k in KINDS for m in KIND_METRICS]
-    names += [f"{k}.retention@{i}" for k in KINDS for i in range(1, n_domains)]
-    names += ["loss.final_mean", "bpb.final_mean", *RUN_METRICS]
-    return dict.fromkeys(names, np.nan)
 
 
-def _num(v: Any) -> float:
-    return float(v) if isinstance(v, int | float) else np.nan
-
-
-def flatten_record(record: dict[str, Any]) -> dict[str, float]:
-    """A run.json's metrics and costs as flat ``<kind>.<metric>`` columns."""
-    out: dict[str, float] = {}
-    metrics = record.get("metrics") or {}
-    for kind in KINDS:
-        m = metrics.get(kind) or {}
-        for name in (*KIND_METRICS, "final_mean"):
-            if name in m:
-                out[f"{kind}.{name}"] = _num(m[name])
-        for k, v in (m.get("retention") or {}).items():
-            out[f"{kind}.retention@{k}"] = _num(v)
-    steps = [s for s in metrics.get("convergence_steps") or [] if s is not None]
-    out["convergence_mean"] = float(np.mean(steps)) if steps else np.nan
-    total = (record.get("flops") or {}).get("total") or {}
-    if total:
-        out["flops.training_total"] = _num(total.get("training_total"))
-        out["flops.total_with_eval"] = _num(total.get("training_total")) + _num(total.get("eval"))
-    out["train_tokens"] = _num((record.get("tokens") or {}).get("train_total"))
-    timing = record.get("timing") or {}
-    out["wall_s"] = float(sum((timing.get("total") or {}).values())) if timing else np.nan
-    throughput = timing.get("throughput") or {}
-    out["tokens_per_s"] = _num(throughput.get("train_tokens_per_s"))
-    out["mfu"] = _num(throughput.get("mfu"))
-    out["peak_rss_bytes"] = _num((record.get("peak_memory") or {}).get("cpu_max_rss"))
-    params = record.get("parameters") or {}
-    out["params.total"] = _num(params.get("total"))
-    out["params.trainable"] = _num(params.get("trainable"))
-    out["params.frozen"] = out["params.total"] - out["params.trainable"]
-    return out
 
 
 class DirectoryLock:

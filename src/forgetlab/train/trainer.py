@@ -370,6 +370,8 @@ class Trainer:
         if complete:
             metrics = {k: cl_metrics(self.R[k], k) for k in METRIC_KINDS}  # type: ignore[arg-type]
             metrics["convergence_steps"] = self._convergence()
+            if cfg.train.target_ppl is not None:
+                metrics["time_to_target"] = self._time_to_target(cfg.train.target_ppl)
         flops = self.flops.to_dict()
         timing = self.timer.to_dict()
         train_s = sum(timing["total"][p] for p in PHASES if p != "eval")
@@ -439,6 +441,35 @@ class Trainer:
                 else None
             )
         return out
+
+    def _time_to_target(self, target_ppl: float) -> list[dict[str, float] | None]:
+        """Per stage, the first in-stage evaluation whose perplexity on the new domain is at or
+        below ``target_ppl``: its stage-local optimizer steps, training tokens and training
+        seconds (evaluation time excluded); None where the stage never reached it."""
+        out: list[dict[str, float] | None] = []
+        for s in range(len(self.stream.domains)):
+            rows = sorted(
+                (r for r in self.curves if r.get("stage") == s and r.get("val_loss") is not None),
+                key=lambda r: r["stage_step"],
+            )
+            hit = next((r for r in rows if math.exp(r["val_loss"]) <= target_ppl), None)
+            out.append(
+                None if hit is None else {
+                    "steps": hit["stage_step"],
+                    "tokens": hit["train_tokens"],
+                    "train_s": hit["train_s"],
+                    "ppl": math.exp(hit["val_loss"]),
+                }
+            )
+        return out
+
+    def _stage_progress(self, stage: int) -> dict[str, float]:
+        """Training tokens and training seconds (every phase but evaluation) of ``stage`` so far."""
+        phases = self.timer.stages[stage]
+        return {
+            "train_tokens": self.flops.stages[stage]["train_tokens"],
+            "train_s": sum(v for p, v in phases.items() if p != "eval"),
+        }
 
     # ------------------------------------------------------------------------------ the run
     def run(self) -> dict[str, Any]:
@@ -537,6 +568,7 @@ class Trainer:
                         "domain": name,
                         "val_loss": res["loss"],
                         "val_accuracy": res["accuracy"],
+                        **self._stage_progress(stage),
                     }
                 )
                 tb.add_scalar(f"val/{name}/loss", res["loss"], ctx.global_step)
@@ -564,6 +596,7 @@ class Trainer:
                     "domain": name,
                     "val_loss": row["loss"][stage],
                     "val_accuracy": row["accuracy"][stage],
+                    **self._stage_progress(stage),
                 }
             )
         for j, d in enumerate(self.stream.domains):

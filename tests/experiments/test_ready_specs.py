@@ -1,0 +1,32 @@
+"""Every ready study in ``experiments/`` loads at each of its scales, expands into runs whose
+configs resolve, and names mechanisms and knobs the registry accepts (a typo fails here, not an
+hour into a study)."""
+
+from pathlib import Path
+
+import pytest
+
+from forgetlab.config import load_toml
+from forgetlab.experiments.design import design_groups, expand
+from forgetlab.experiments.spec import load_spec
+from forgetlab.mechanisms import build_mechanisms
+
+SPECS = sorted((Path(__file__).resolve().parents[2] / "experiments").glob("*.toml"))
+CASES = [
+    (path, scale)
+    for path in SPECS
+    if "base" in load_toml(path)  # a study spec, not a single-run config (quickstart.toml)
+    for scale in [None, *load_toml(path).get("scales", {})]
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "scale"), CASES, ids=[f"{p.stem}-{s or 'default'}" for p, s in CASES]
+)
+def test_ready_spec_expands_into_valid_runs(path, scale):
+    spec, _ = load_spec(load_toml(path), scale)
+    groups = design_groups(spec)
+    runs = expand(spec, {g.name: 10 for g in groups})
+    assert runs and {r.group for r in runs} == {g.name for g in groups}
+    for run in runs:
+        build_mechanisms(run.config.mechanisms)
