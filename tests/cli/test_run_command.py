@@ -117,3 +117,29 @@ def test_torchrun_two_ranks_match_one_process_with_the_global_batch(fixture_data
     m2 = load_model(tmp_path / "two" / "checkpoints" / "latest" / "model.safetensors")
     for (name, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items(), strict=True):
         assert (a - b).abs().max().item() < 1e-4, name
+
+
+@pytest.mark.parametrize(
+    "mechanism",
+    [
+        ['name = "latent_replay"', "layer = 1", "capacity = 8"],  # freezes the lower blocks
+        ['name = "lora"', "base_stages = 1"],  # freezes the whole base after stage 1
+    ],
+    ids=["latent_replay", "lora"],
+)
+def test_torchrun_with_a_mechanism_that_freezes_weights_mid_run(fixture_data, tmp_path, mechanism):
+    """DDP's reducer waits for a gradient of every parameter it was built with; the trainer
+    re-wraps when a mechanism changes what trains (this failed with 'Expected to have finished
+    reduction in the prior iteration' before it did)."""
+    spec = write_spec(tmp_path / "two.toml", fixture_data, batch_size=2)
+    spec.write_text(spec.read_text() + "[[mechanisms]]\n" + "\n".join(mechanism) + "\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "forgetlab.cli.main", "run", str(spec), "--out", str(tmp_path / "two"), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    if ddp.returncode != 0 and "gloo" in ddp.stderr.lower() and "not" in ddp.stderr.lower():
+        pytest.skip(f"gloo backend unavailable: {ddp.stderr[-300:]}")
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    record = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert record["status"] == "finished" and record["timing"]["throughput"]["devices"] == 2
+    assert len(record["R"]["loss"]) == 3

@@ -126,10 +126,10 @@ class Trainer:
         tok = self.stream.tokenizer
         self.model = build_model(cfg.model, self._vocab_size(tok.vocab_size)).to(self.device)
         self.model_cfg = self.model.config
-        self.train_model = torch.compile(self.model) if cfg.train.compile else self.model
-        if self.dist.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = DistributedDataParallel(self.train_model, device_ids=ids)
+        self.compiled = torch.compile(self.model) if cfg.train.compile else self.model
+        self.train_model = self.compiled
+        self.ddp_trainable: tuple[bool, ...] | None = None
+        self._wrap_data_parallel()
         self.optimizer = build_optimizer(self.model, cfg)
         self.mechanisms = build_mechanisms(cfg.mechanisms)
 
@@ -256,7 +256,8 @@ class Trainer:
                 batch = m.make_batch(self.ctx, batch)
             t0 = self.timer.add(stage, "data", t0)
             sync = micro == cfg.grad_accum - 1 or not self.dist.enabled
-            with contextlib.nullcontext() if sync else self.train_model.no_sync():
+            ddp = isinstance(self.train_model, DistributedDataParallel)
+            with contextlib.nullcontext() if sync or not ddp else self.train_model.no_sync():
                 loss, micro_terms = self._forward_loss(batch)
                 t0 = self.timer.add(stage, "forward", t0)
                 (loss / cfg.grad_accum).backward()
@@ -510,6 +511,26 @@ class Trainer:
         self._write_run_json(record)
         return record
 
+    def _wrap_data_parallel(self) -> None:
+        """Under torchrun, (re)wrap the model in DDP for the parameters that train now.
+
+        DDP's reducer fixes its parameter set when it is built and waits for a gradient of each
+        in every backward; a mechanism that freezes weights mid-run (latent_replay's lower blocks,
+        lora's base) would leave it waiting. So the trainer re-wraps whenever the set of trainable
+        parameters changed, and trains without DDP when nothing in the model trains (a mechanism
+        that owns the trainable tensors, like lora's adapters, all-reduces them itself)."""
+        if not self.dist.enabled:
+            return
+        trainable = tuple(p.requires_grad for p in self.model.parameters())
+        if trainable == self.ddp_trainable:
+            return
+        self.ddp_trainable = trainable
+        if not any(trainable):
+            self.train_model = self.compiled
+            return
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.train_model = DistributedDataParallel(self.compiled, device_ids=ids)
+
     def _run_stage(self, stage: int, start_step: int, n_stages: int) -> None:
         cfg = self.cfg.train
         ctx = self.ctx
@@ -520,6 +541,7 @@ class Trainer:
             for m in self.mechanisms:
                 m.on_stage_start(ctx)
             self.mech_flops_at_stage_start = self._mechanism_flops()
+        self._wrap_data_parallel()  # mechanisms may have frozen weights (or a resume restored that)
         bar = tqdm(
             total=cfg.steps_per_stage,
             initial=start_step,
