@@ -15,10 +15,14 @@ model's per-token FLOPs times its tokens, exactly what the accountant adds up.
 
 The calibration window defaults to the reference's steps per stage (at most 256), so periodic
 work (a sleep phase every F steps) is seen at its real rate; a group's total is then exact up to
-one period's work. A mechanism class may instead provide the analytic estimate
-``estimate_flops(cfg: RunConfig, knobs, steps_per_stage: int) -> float`` (its extra training
-FLOPs over the whole run, extra steps included); when every mechanism of a group has one, method
-``auto`` uses them and skips calibration.
+one period's work. Calibration costs two stages of real steps per group, so a mechanism whose
+extra compute is known ahead says so through ``Mechanism.estimate_flops(cfg, knobs,
+steps_per_stage, per_token)`` (its extra training FLOPs over the whole run, extra steps
+included; None when only running it tells): replay without herding (0: replayed rows replace
+stream rows), sleep on real samples (its phases) and selective_write (its scoring passes). When
+every mechanism of a group has an estimate, method ``auto`` uses them and skips calibration; the
+tests hold the estimates equal to the accountant's totals of real runs. A calibration already in
+an experiment's cache still wins, so an existing study keeps its matched steps and run ids.
 """
 
 from __future__ import annotations
@@ -152,15 +156,18 @@ def _analytic_mechanisms(cfg: RunConfig) -> FlopsFn | None:
     """Model FLOPs plus every mechanism's ``estimate_flops``, or None if one lacks it."""
     from forgetlab.mechanisms import MECHANISMS
 
+    per_token = model_per_token(cfg)
     estimates = []
     for mc in cfg.mechanisms:
         cls = MECHANISMS[mc.name]
-        fn = getattr(cls, "estimate_flops", None)
-        if fn is None:
+        knobs = cls.Knobs.model_validate(mc.knobs)
+        if cls.estimate_flops(cfg, knobs, 1, per_token) is None:
             return None
-        estimates.append((fn, cls.Knobs.model_validate(mc.knobs)))
+        estimates.append((cls.estimate_flops, knobs))
     base = analytic_model(cfg)
-    return lambda s: base.total(s) + sum(fn(cfg, knobs, s) for fn, knobs in estimates)
+    return lambda s: base.total(s) + sum(
+        fn(cfg, knobs, s, per_token) or 0.0 for fn, knobs in estimates
+    )
 
 
 def flops_function(

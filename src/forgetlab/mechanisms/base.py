@@ -126,6 +126,16 @@ class Mechanism:
     def flops(self, ctx: TrainContext) -> float:
         return 0.0
 
+    @classmethod
+    def estimate_flops(
+        cls, cfg: RunConfig, knobs: Any, steps_per_stage: int, per_token: dict[str, int]
+    ) -> float | None:
+        """This mechanism's extra training FLOPs over a whole run of ``cfg`` at
+        ``steps_per_stage`` (extra optimizer steps included), known before the run, given the
+        model's ``per_token`` FLOPs (``forward``, ``train``); None when only running it tells
+        (matched-FLOPs budgets then calibrate)."""
+        return None
+
     def parameters(self) -> list[torch.nn.Parameter]:
         """Parameters the mechanism owns outside the model (e.g. LoRA adapters), so that run
         records count what a run really trains."""

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from pydantic import Field, model_validator
 
-from forgetlab.config import ConfigError
+from forgetlab.config import ConfigError, RunConfig
 from forgetlab.mechanisms.base import Batch, Mechanism, StepOutput, TrainContext, register
 from forgetlab.mechanisms.buffers import (
     PER_DOMAIN,
@@ -108,6 +108,14 @@ class Replay(Mechanism):
         self.device = torch.device("cpu")
         self.pending = False  # make_batch ran and loss has not yet written this batch's rows
         self.spent = 0.0
+
+    @classmethod
+    def estimate_flops(
+        cls, cfg: RunConfig, knobs: Any, steps_per_stage: int, per_token: dict[str, int]
+    ) -> float | None:
+        """Replayed rows replace stream rows (the batch keeps its shape): no extra FLOPs, except
+        herding's feature passes, which depend on what the stream offered."""
+        return None if knobs.policy == "herding" else 0.0
 
     def setup(self, ctx: TrainContext) -> None:
         check_capacity(self.knobs.capacity, self.knobs.policy, ctx, self.name)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
+from forgetlab.config import RunConfig
 from forgetlab.mechanisms.base import Batch, Mechanism, TrainContext, register
 from forgetlab.models import model_flops_per_token
 
@@ -78,6 +79,16 @@ class SelectiveWrite(Mechanism):
 
     def on_stage_start(self, ctx: TrainContext) -> None:
         self.written = self.offered = 0
+
+    @classmethod
+    def estimate_flops(
+        cls, cfg: RunConfig, knobs: Any, steps_per_stage: int, per_token: dict[str, int]
+    ) -> float | None:
+        """One scoring forward over every stream micro-batch (memory mechanisms keep the batch
+        shape, and extra sleep steps are not scored)."""
+        t = cfg.train
+        tokens = steps_per_stage * len(cfg.data.domains) * t.grad_accum * t.batch_size
+        return float(tokens * cfg.model.block_size * per_token["forward"])
 
     def make_batch(self, ctx: TrainContext, batch: Batch) -> Batch:
         stream = torch.ones(batch.x.shape[0], dtype=torch.bool, device=batch.x.device)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, model_validator
 
+from forgetlab.config import RunConfig
 from forgetlab.mechanisms.base import Batch, Mechanism, StepOutput, TrainContext, register
 from forgetlab.mechanisms.buffers import Policy, SequenceBuffer
 from forgetlab.mechanisms.replay import check_capacity, commit_herding, write_stream_rows
@@ -63,6 +64,19 @@ class Sleep(Mechanism):
         self.stream_steps = 0
         self.phases = 0
         self.spent = 0.0
+
+    @classmethod
+    def estimate_flops(
+        cls, cfg: RunConfig, knobs: Any, steps_per_stage: int, per_token: dict[str, int]
+    ) -> float | None:
+        """A real-sample memory is non-empty from the first stream step on, so a phase of S
+        steps falls on every F-th stream step of the run (counted across stages); generated
+        memories and herding add passes whose count depends on the run."""
+        if knobs.source != "real" or knobs.policy == "herding":
+            return None
+        phases = steps_per_stage * len(cfg.data.domains) // knobs.every
+        rows = knobs.batch_size or cfg.train.batch_size
+        return float(phases * knobs.steps * rows * cfg.model.block_size * per_token["train"])
 
     def setup(self, ctx: TrainContext) -> None:
         check_capacity(self.knobs.capacity, self.buffer.policy, ctx, self.name)
