@@ -157,6 +157,8 @@ def analyse(exp: Experiment, seed: int = 0) -> dict[str, Any]:
         "alpha": float(prereg.get("alpha", 0.05)),
         "correction": str(prereg.get("correction") or "holm"),
         "test": prereg.get("test"),
+        "co_primary": list(prereg.get("co_primary_metrics") or []),
+        "secondary": list(prereg.get("secondary_metrics") or []),
         "seed": seed,
     }
     results = exp.results

@@ -231,7 +231,8 @@ def _duration(e: dict[str, Any]) -> str:
 def section_results(doc: Doc, a: dict[str, Any], an: dict[str, Any], figs: Path, tag: str) -> None:
     primary = an["settings"]["primary"]
     present = {s["metric"] for s in a["group_stats"]}
-    metrics = [m for m in (primary, *KEY_METRICS) if m in present]
+    declared = [*an["settings"].get("co_primary", []), *an["settings"].get("secondary", [])]
+    metrics = [m for m in (primary, *declared, *KEY_METRICS) if m in present]
     metrics = list(dict.fromkeys(metrics))
     groups = [g["group"] for g in a["groups"] if g["n_finished"]]
     doc.h(3, "Metrics per group (mean ± sd over finished runs)")
