@@ -27,11 +27,11 @@ def lr_depth_spec(**extra):
 
 
 def test_document_000_design_expands_to_96_planned_runs(cl_raw):
-    spec, scale = load_spec(cl_raw, "tiny")
+    spec, scale = load_spec(cl_raw, "full")  # the tiny CPU scale runs 2 of the 3 seeds
     groups = design_groups(spec)
-    assert scale == "tiny" and len(groups) == 8
+    assert scale == "full" and len(groups) == 8
     assert {g.name for g in groups} >= {"T0_W0_R0", "T1_W1_R1", "T1_W0_R1"}
-    matched = {g.name: 100 if g.name == "T0_W0_R0" else 90 for g in groups}
+    matched = {g.name: 381 if g.name == "T0_W0_R0" else 370 for g in groups}  # full: 381 steps
     runs = expand(spec, matched)
     assert len(runs) == 8 * 3 * 2 * 2 == 96
     # the reference's matched-FLOPs runs are its same-shape runs: same config, same id

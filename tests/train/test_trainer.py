@@ -163,3 +163,15 @@ def test_time_to_target_is_the_first_evaluation_at_or_below_the_target(fixture_d
 def test_a_target_without_in_stage_evaluation_is_refused(fixture_data):
     with pytest.raises(ConfigError, match=r"target_ppl = 50.0 needs in-stage evaluation"):
         micro_config(fixture_data, target_ppl=50.0)
+
+
+def test_config_hash_ignores_fields_left_at_their_default(fixture_data):
+    """A field a newer forgetlab adds with a neutral default must not change existing run ids;
+    any value away from the default must."""
+    from forgetlab.train.rundir import config_hash
+
+    cfg = micro_config(fixture_data)
+    explicit = micro_config(fixture_data, target_ppl=None, compile=False, rewarm=True)
+    assert config_hash(explicit) == config_hash(cfg)
+    assert config_hash(micro_config(fixture_data, lr=2e-3)) != config_hash(cfg)
+    assert config_hash(micro_config(fixture_data, compile=True)) != config_hash(cfg)

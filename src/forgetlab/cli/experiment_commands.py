@@ -158,7 +158,7 @@ def print_plan(plan: dict[str, Any]) -> None:
 
 def plan_command(
     spec: Annotated[Path, typer.Argument(help="study spec (TOML)")],
-    scale: Annotated[str | None, typer.Option(help="a [scales.NAME] block of the spec")] = None,
+    scale: Annotated[str | None, typer.Option(help="a \\[scales.NAME] block of the spec")] = None,
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="override for every run, e.g. train.lr=3e-4")
     ] = None,

@@ -72,7 +72,7 @@ def run(
         typer.Option(help="add a mechanism, e.g. replay:policy=reservoir,capacity=512"),
     ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
-    scale: Annotated[str | None, typer.Option(help="study specs: the [scales.NAME] to use")] = None,
+    scale: Annotated[str | None, typer.Option(help="study specs: the \\[scales.NAME] block to use")] = None,
     workers: Annotated[int, typer.Option(min=1, help="study specs: runs in parallel")] = 1,
     executor: Annotated[str, typer.Option(help="study specs: local | ray")] = "local",
 ) -> None:

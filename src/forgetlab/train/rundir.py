@@ -36,8 +36,14 @@ TRAINER_FILE = "trainer.pt"
 
 
 def config_hash(cfg: RunConfig) -> str:
-    """Stable short id of a resolved config (same config -> same id on every machine)."""
-    canonical = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """Stable short id of a resolved config (same config -> same id on every machine).
+
+    Fields at their default value are left out, so a forgetlab version that adds a config field
+    (with a default that keeps the old behaviour) keeps every existing run id: a study resumed
+    after an upgrade does not re-run its finished runs. A value set away from its default, a
+    preset's expansion included, always counts."""
+    dump = cfg.model_dump(mode="json", exclude_defaults=True)
+    canonical = json.dumps(dump, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
