@@ -171,8 +171,11 @@ def expand(spec: ExperimentSpec, matched_steps: dict[str, int] | None = None) ->
         raise ConfigError(f"the design makes groups with the same name: {names}; rename levels")
     orders = named_orders(spec)
     runs: list[PlannedRun] = []
-    for budget, seed, (oname, order), g in itertools.product(
-        spec.budgets, spec.seeds, orders.items(), groups
+    # replicate-major: runs execute in this order, so a study stopped part-way holds whole
+    # replicates (every group under every budget for the first seeds and orders), which the
+    # analysis can use, rather than one budget complete and the other missing
+    for seed, (oname, order), budget, g in itertools.product(
+        spec.seeds, orders.items(), spec.budgets, groups
     ):
         steps = matched_steps[g.name] if budget == "matched_flops" and matched_steps else None
         cfg = resolve_group(spec, g, seed, order, steps)
