@@ -8,7 +8,8 @@ from forgetlab.config import ConfigError, MechanismConfig
 from forgetlab.mechanisms import build_mechanisms
 from forgetlab.train import Trainer
 
-LORA = {"name": "lora", "rank": 4, "alpha": 8.0}
+# the block projections only: merging an lm_head adapter would write into the tied embedding
+LORA = {"name": "lora", "rank": 4, "alpha": 8.0, "targets": ["c_attn", "c_proj", "c_fc"]}
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +93,7 @@ def test_base_stages_train_the_base_then_freeze_it_for_the_adapters(fixture_data
 
     Trainer._evaluate_all = spy
     try:
-        cfg = micro_config(fixture_data, [{**LORA, "base_stages": 1}], domains=3)
+        cfg = micro_config(fixture_data, [{"name": "lora", "rank": 4, "base_stages": 1}], domains=3)
         trainer = Trainer(cfg, tmp_path / "r", progress=False)
         record = trainer.run()
     finally:
@@ -102,6 +103,7 @@ def test_base_stages_train_the_base_then_freeze_it_for_the_adapters(fixture_data
         for name, value in states[1].items():
             assert torch.equal(value, later[name]), name
     lora = trainer.mechanisms[0]
+    assert "lm_head" in lora.targets  # a default target: the output layer adapts too
     for adapters in lora.bank.values():  # domain 0's adapter never trained (B stays zero)
         assert adapters[0].B.eq(0).all() and adapters[1].B.ne(0).any()
     loss = record["R"]["loss"]
@@ -109,6 +111,12 @@ def test_base_stages_train_the_base_then_freeze_it_for_the_adapters(fixture_data
         for later in range(j + 2, 4):
             assert loss[later][j] == loss[j + 1][j], (later, j)
     assert loss[1][0] < loss[0][0] - 0.1  # the base learned its domain
+
+
+def test_merge_refuses_an_adapter_on_the_tied_head(fixture_data, tmp_path):
+    cfg = micro_config(fixture_data, [{"name": "lora", "merge": True}])
+    with pytest.raises(ConfigError, match=r"tied token embedding; leave lm_head out of targets"):
+        Trainer(cfg, tmp_path / "bad", progress=False).run()
 
 
 def test_base_stages_must_leave_a_stage_for_the_adapters(fixture_data, tmp_path):

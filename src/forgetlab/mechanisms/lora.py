@@ -43,7 +43,11 @@ from torch import nn
 from forgetlab.config import ConfigError
 from forgetlab.mechanisms.base import Batch, Mechanism, StepOutput, TrainContext, register
 
-DEFAULT_TARGETS = ("c_attn", "c_proj", "c_fc", "w_gate", "w_up", "c_v")
+# The block projections of every FFN/attention variant, and the output head: a new domain's token
+# frequencies live largely in the (often tied, hence frozen) output layer. Measured on the tiny
+# preset, code -> math -> medical, base_stages = 1, rank 8: without lm_head the adapters lowered
+# math's loss from 6.48 to 6.04 and medical's from 6.85 to 6.41; with it to 4.99 and 5.49.
+DEFAULT_TARGETS = ("c_attn", "c_proj", "c_fc", "w_gate", "w_up", "c_v", "lm_head")
 
 
 class LoRALinear(nn.Module):
@@ -145,7 +149,10 @@ class LoRA(Mechanism):
             )
         tied = getattr(ctx.model, "wte", None)
         if k.merge and any(m.weight is getattr(tied, "weight", None) for m in self.targets.values()):
-            raise ConfigError("mechanism 'lora': merge would write into the tied token embedding")
+            raise ConfigError(
+                "mechanism 'lora': merge would write the lm_head adapter into the tied token "
+                "embedding; leave lm_head out of targets or set model.tie_embeddings = false"
+            )
         n_domains = len(ctx.stream.domains)
         if k.base_stages >= n_domains:
             raise ConfigError(
