@@ -65,3 +65,21 @@ def test_too_few_runs_yields_no_significance_and_says_so():
     ms = minimal_set(df, FACTORS, METRIC, 0.05, "holm")
     assert "minimal" not in ms and "too few runs" in ms["reason"]
     assert ms["best"] == {"T": "T1", "W": "W0", "R": "R1"} or ms["best"]["T"] == "T1"
+
+
+def test_level_means_are_means_of_cell_means_so_unequal_runs_per_cell_do_not_bias_them():
+    """T costs nothing (same FLOPs in every T cell); W doubles the FLOPs. With 3 runs in the
+    expensive W1 cell of T1 and 1 elsewhere, a plain mean would charge T1 extra FLOPs."""
+    import pandas as pd
+
+    from forgetlab.analysis.gains import level_mean
+
+    rows = [("T0", "W0", 1.0), ("T0", "W1", 2.0), ("T1", "W0", 1.0)] + [("T1", "W1", 2.0)] * 3
+    df = pd.DataFrame(
+        [{"factor.T": t, "factor.W": w, "flops.training_total": f, "m": f} for t, w, f in rows]
+    )
+    assert level_mean(df, "T", "T0", "flops.training_total") == 1.5
+    assert level_mean(df, "T", "T1", "flops.training_total") == 1.5  # plain mean: 1.75
+    assert level_mean(df, "W", "W1", "flops.training_total") == 2.0
+    curves = marginal_gains(df, {"T": ["T0", "T1"], "W": ["W0", "W1"]}, "m")
+    assert curves["T"][1].extra_flops == 0.0 and curves["W"][1].extra_flops == 1.0

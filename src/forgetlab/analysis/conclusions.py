@@ -15,7 +15,8 @@ Definitions (the report's appendix repeats them):
   combination's: Welch t-tests of every combination against the best, corrected with the
   pre-registered correction; ties go to the better mean, then the fewer FLOPs.
 * a mechanism's *cost buys no significant gain* when it adds training FLOPs (mean at "on" above
-  mean at "off") and its main effect is not significant.
+  mean at "off", both as means of cell means, see :func:`forgetlab.analysis.gains.level_mean`)
+  and its main effect is not significant.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 import pandas as pd
 
 from forgetlab.analysis.effects import FactorialResult, adjust_pvalues
-from forgetlab.analysis.gains import GainPoint, diminishing
+from forgetlab.analysis.gains import GainPoint, diminishing, level_mean
 from forgetlab.analysis.stats import lower_is_better, welch
 
 FLOPS = "flops.training_total"
@@ -167,8 +168,8 @@ def costly_without_gain(
     out = []
     for f, (off, on) in factors.items():
         t = res.term(f)
-        col = frame[f"factor.{f}"].astype(str)
-        extra = frame.loc[col == on, FLOPS].mean() - frame.loc[col == off, FLOPS].mean()
+        at_on, at_off = level_mean(frame, f, on, FLOPS), level_mean(frame, f, off, FLOPS)
+        extra = at_on - at_off if at_on is not None and at_off is not None else 0.0
         if t is not None and extra > 0 and (t.p_corrected is None or t.p_corrected >= alpha):
             out.append(f)
     return out

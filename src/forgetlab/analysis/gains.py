@@ -6,6 +6,11 @@ other factors: ``gain_i`` = improvement of the primary metric at l_i over l_0 (s
 positive is better), ``extra_flops_i`` = mean training FLOPs at l_i minus at l_0, and the marginal
 gain ``(gain_i - gain_{i-1}) / (extra_flops_i - extra_flops_{i-1})`` (None when the step costs no
 FLOPs). Returns that shrink level after level are *diminishing*.
+
+"Averaging over the other factors" means the unweighted mean of the cell means (a cell = one
+combination of the other factors' levels), so that a study with unequal runs per cell -- some runs
+failed, or it was stopped part-way -- does not credit a level with the cost or the metric of the
+cells it happens to have more runs in. With equal runs per cell it is the plain mean.
 """
 
 from __future__ import annotations
@@ -37,6 +42,19 @@ class GainPoint:
         return asdict(self)
 
 
+def level_mean(frame: pd.DataFrame, factor: str, level: str, column: str) -> float | None:
+    """Mean of ``column`` at ``factor = level``: the unweighted mean over the other factors'
+    cells of each cell's mean (None without a value)."""
+    g = frame[frame[f"factor.{factor}"].astype(str) == level]
+    g = g[g[column].notna()] if column in g else g.iloc[0:0]
+    if g.empty:
+        return None
+    others = [c for c in g.columns if c.startswith("factor.") and c != f"factor.{factor}"]
+    if not others:
+        return float(g[column].mean())
+    return float(g.groupby(others, dropna=False)[column].mean().mean())
+
+
 def marginal_gains(
     frame: pd.DataFrame, factors: dict[str, list[str]], metric: str
 ) -> dict[str, list[GainPoint]]:
@@ -53,9 +71,11 @@ def marginal_gains(
             v = g[metric].dropna()
             if v.empty:
                 continue
-            flops = float(g[FLOPS].mean()) if FLOPS in g and g[FLOPS].notna().any() else None
+            flops = level_mean(frame, factor, level, FLOPS) if FLOPS in frame else None
+            value = level_mean(frame, factor, level, metric)
+            assert value is not None  # v is not empty
             first = points[0] if points else None
-            gain = 0.0 if first is None else sign * (float(v.mean()) - first.value)
+            gain = 0.0 if first is None else sign * (value - first.value)
             extra = (
                 None
                 if first is None or flops is None or first.flops is None
@@ -70,7 +90,7 @@ def marginal_gains(
                     factor,
                     level,
                     len(v),
-                    float(v.mean()),
+                    value,
                     flops,
                     gain,
                     0.0 if first is None and flops is not None else extra,
