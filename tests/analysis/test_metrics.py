@@ -79,10 +79,17 @@ def test_retention_rejects_k_below_one():
 
 def test_convergence_is_first_step_within_five_percent_of_total_drop():
     # drop = 5 - 2 = 3, threshold 0.15 above the end: 3.0, 2.2 are above, 2.05 is within
-    assert convergence_steps([0, 10, 20, 30, 40], [5.0, 3.0, 2.2, 2.05, 2.0]) == 30
+    # drop 3, level 2.0 + 0.05 x 3 = 2.15, crossed between step 20 (2.2) and 30 (2.05):
+    # 20 + 10 x (2.2 - 2.15) / (2.2 - 2.05) = 23.33
+    assert math.isclose(convergence_steps([0, 10, 20, 30, 40], [5.0, 3.0, 2.2, 2.05, 2.0]), 70 / 3)
     assert convergence_steps([0, 10], [2.0, 2.5]) == 0  # nothing dropped
     assert convergence_steps([0], [2.0]) is None
-    assert math.isclose(convergence_steps([0, 5, 9], [3.0, 1.0, 1.0]), 5)
+    # level 1.1 crossed between step 0 (3.0) and 5 (1.0): 5 x 1.9 / 2 = 4.75
+    assert math.isclose(convergence_steps([0, 5, 9], [3.0, 1.0, 1.0]), 4.75)
+    # two evaluations a stage apart still tell a fast learner from a slow one
+    fast = convergence_steps([0, 30, 60], [7.0, 5.05, 5.0])
+    slow = convergence_steps([0, 30, 60], [7.0, 6.0, 5.0])
+    assert fast is not None and slow is not None and fast < 30 < slow < 60
 
 
 def test_retention_skips_zero_denominators():

@@ -428,8 +428,8 @@ class Trainer:
             "mechanisms": sum(p.numel() for p in extra),
         }
 
-    def _convergence(self) -> list[int | None]:
-        out: list[int | None] = []
+    def _convergence(self) -> list[float | None]:
+        out: list[float | None] = []
         for s in range(len(self.stream.domains)):
             pts = [(0, self.R["loss"][s][s])] + [
                 (r["stage_step"], r["val_loss"])
