@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from typing import Any
 
 from forgetlab.config import RunConfig
@@ -81,6 +82,15 @@ def eval_tokens(cfg: RunConfig) -> int:
     return (n + 1) * n * per_domain + n * in_stage * per_domain
 
 
+def _busy_cpu() -> float | None:
+    """The 1-minute load average when other work already occupies half the cores or more."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        return None
+    return load if load >= 0.5 * (os.cpu_count() or 1) else None
+
+
 def measure_throughput(cfg: RunConfig, assumed_mfu: float, bench: bool = True) -> dict[str, Any]:
     """Training FLOP/s on this machine for ``cfg``: benchmarked, or peak x ``assumed_mfu``."""
     from forgetlab.train.device import resolve_device, resolve_precision
@@ -100,10 +110,17 @@ def measure_throughput(cfg: RunConfig, assumed_mfu: float, bench: bool = True) -
         one_domain.data.val_batches = 1
         one_domain.train.grad_accum = 1
         try:
+            busy = _busy_cpu() if device.type == "cpu" else None
             res = bench_train(one_domain, steps=3, warmup=1)
+            source = "bench train"
+            if busy:
+                source += (
+                    f"; the CPU was busy (load average {busy:.1f} on {os.cpu_count()} cores), "
+                    "so the wall estimate is pessimistic"
+                )
             return {
                 "flops_per_s": res["achieved_flops_per_s"],
-                "source": "bench train",
+                "source": source,
                 "device": str(device),
             }
         except DataError as e:
