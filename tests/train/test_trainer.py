@@ -175,3 +175,19 @@ def test_config_hash_ignores_fields_left_at_their_default(fixture_data):
     assert config_hash(explicit) == config_hash(cfg)
     assert config_hash(micro_config(fixture_data, lr=2e-3)) != config_hash(cfg)
     assert config_hash(micro_config(fixture_data, compile=True)) != config_hash(cfg)
+
+
+def test_frozen_qk_buffers_count_as_frozen_parameters_in_the_run_record(fixture_data, tmp_path):
+    """OELM's frozen Q/K are buffers, not parameters; the record counts them as frozen weights
+    (total - trainable), as `forgetlab inspect` does, or qk_freeze's H1 would read 0 frozen."""
+    from forgetlab.models import build_model
+    from forgetlab.models.inspection import inspect_model
+
+    cfg = micro_config(fixture_data, domains=1, steps_per_stage=1)
+    cfg.model.attention, cfg.model.freeze_qk = "orthogonal", True
+    record = Trainer(cfg, tmp_path / "r", progress=False).run()
+    params = record["parameters"]
+    qk = 2 * cfg.model.n_layer * cfg.model.n_embd**2
+    assert params["total"] - params["trainable"] == qk
+    table = inspect_model(build_model(cfg.model, record["model"]["vocab_size"]))
+    assert (params["total"], params["trainable"]) == (table["total"], table["trainable"])

@@ -32,6 +32,7 @@ from forgetlab.config import ConfigError, RunConfig
 from forgetlab.data import fixed_windows, open_stream, sample_windows
 from forgetlab.mechanisms import Batch, StepOutput, TrainContext, build_mechanisms
 from forgetlab.models import build_model, model_flops_per_token
+from forgetlab.models.checkpoint import declared_frozen
 from forgetlab.train.checkpoint import load_checkpoint, save_checkpoint
 from forgetlab.train.device import (
     autocast_factory,
@@ -419,11 +420,14 @@ class Trainer:
 
     def _parameter_counts(self) -> dict[str, int]:
         """Model parameters plus those mechanisms own outside the model (LoRA adapters);
-        ``trainable`` counts what has requires_grad at the time of the record."""
+        ``trainable`` counts what has requires_grad at the time of the record. ``total`` also
+        counts the buffers a part declares frozen (OELM's orthogonal Q/K), as ``forgetlab
+        inspect`` does, so that total - trainable is every weight the run never trains."""
         extra = [p for m in self.mechanisms for p in m.parameters()]
         params = [*self.model.parameters(), *extra]
+        frozen_buffers = sum(t.numel() for t in declared_frozen(self.model).values())
         return {
-            "total": self.model.num_params() + sum(p.numel() for p in extra),
+            "total": self.model.num_params() + frozen_buffers + sum(p.numel() for p in extra),
             "trainable": sum(p.numel() for p in params if p.requires_grad),
             "mechanisms": sum(p.numel() for p in extra),
         }
