@@ -72,6 +72,17 @@ def test_bad_override_fails_before_any_work(fixture_data, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def torchrun_two_ranks(spec: Path, out: Path) -> None:
+    """`forgetlab run SPEC` under torchrun with 2 gloo ranks; skipped where gloo is missing."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "forgetlab.cli.main", "run", str(spec), "--out", str(out), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    if ddp.returncode != 0 and "gloo" in ddp.stderr.lower() and "not" in ddp.stderr.lower():
+        pytest.skip(f"gloo backend unavailable: {ddp.stderr[-300:]}")
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+
+
 def test_torchrun_two_ranks_match_one_process_with_the_global_batch(fixture_data, tmp_path):
     """2 ranks x micro-batch 2 draw the same global batch as 1 process x 4: same training."""
     single_spec = write_spec(tmp_path / "one.toml", fixture_data, batch_size=4)
@@ -79,25 +90,7 @@ def test_torchrun_two_ranks_match_one_process_with_the_global_batch(fixture_data
     assert res.returncode == 0, res.stderr
 
     ddp_spec = write_spec(tmp_path / "two.toml", fixture_data, batch_size=2)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "forgetlab.cli.main",
-        "run",
-        str(ddp_spec),
-        "--out",
-        str(tmp_path / "two"),
-        "--quiet",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    if ddp.returncode != 0 and "gloo" in ddp.stderr.lower() and "not" in ddp.stderr.lower():
-        pytest.skip(f"gloo backend unavailable: {ddp.stderr[-300:]}")
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    torchrun_two_ranks(ddp_spec, tmp_path / "two")
 
     one = json.loads((tmp_path / "one" / "run.json").read_text())
     two = json.loads((tmp_path / "two" / "run.json").read_text())
@@ -133,13 +126,7 @@ def test_torchrun_with_a_mechanism_that_freezes_weights_mid_run(fixture_data, tm
     reduction in the prior iteration' before it did)."""
     spec = write_spec(tmp_path / "two.toml", fixture_data, batch_size=2)
     spec.write_text(spec.read_text() + "[[mechanisms]]\n" + "\n".join(mechanism) + "\n")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "forgetlab.cli.main", "run", str(spec), "--out", str(tmp_path / "two"), "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    if ddp.returncode != 0 and "gloo" in ddp.stderr.lower() and "not" in ddp.stderr.lower():
-        pytest.skip(f"gloo backend unavailable: {ddp.stderr[-300:]}")
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    torchrun_two_ranks(spec, tmp_path / "two")
     record = json.loads((tmp_path / "two" / "run.json").read_text())
     assert record["status"] == "finished" and record["timing"]["throughput"]["devices"] == 2
     assert len(record["R"]["loss"]) == 3
