@@ -101,9 +101,10 @@ class SelectiveWrite(Mechanism):
             model_flops_per_token(ctx.model.config, seq)["forward"] * batch.x.numel()
         )
         scores = token_scores(logits, batch.y, self.knobs.signal)
-        if self.knobs.granularity == "sequence":
+        sequences = self.knobs.granularity == "sequence"
+        if sequences:
             scores = scores.mean(1, keepdim=True)
-        gate = self.gate(scores, stream, tokens_per_score=seq if scores.shape[1] == 1 else 1)
+        gate = self.gate(scores, stream, tokens_per_score=seq if sequences else 1)
         weights = gate.float().expand(-1, seq).clone()
         weights[~stream] = 1.0
         if batch.weights is not None:
