@@ -22,7 +22,7 @@ data: install
 	$(BIN)/forgetlab data prepare --tokenizer bpe-2k --domains code,math,medical,legal,dialogue
 
 # The quickstart: document 000's 2x2x2 study (sparsity T x selective write W x sleep R) at its
-# `quickstart` scale (8 groups, 1 seed, 1 order, 60 steps per stage), its report, and the plain
+# `quickstart` scale (8 groups, 1 seed, 1 order, 50 steps per stage), its report, and the plain
 # fine-tuning group's R matrices. A second `make quickstart` reuses the finished runs.
 quickstart: data
 	$(BIN)/forgetlab run experiments/cl_mechanisms.toml --scale quickstart --workers 2 --quiet --out $(QUICKSTART_OUT)

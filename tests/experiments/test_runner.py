@@ -213,3 +213,31 @@ def test_two_devices_per_run_train_data_parallel_under_torchrun(micro_base, tmp_
     assert record["timing"]["throughput"]["devices"] == 2
     # 2 ranks x micro-batch 4 x 64 tokens x 3 steps x 2 stages
     assert record["tokens"]["train_total"] == 2 * 4 * 64 * 3 * 2
+
+
+def test_runs_are_queued_costliest_first(micro_base):
+    """Longest-processing-time order: the queue follows run_flops, which grows with the steps,
+    the evaluation and a mechanism's extra FLOPs; equal costs keep the design's order."""
+    from forgetlab.experiments.design import expand
+    from forgetlab.experiments.plan import run_flops
+    from forgetlab.experiments.runner import longest_first
+
+    spec, _ = load_spec({
+        "name": "lpt",
+        "base": micro_base(domains=2, steps=4),
+        "design": {"kind": "groups"},
+        "groups": {
+            "short": {},
+            "long": {"train": {"steps_per_stage": 8}},
+            "short_too": {"train": {"lr": 3e-3}},
+            "scored": {"mechanisms": [{"name": "selective_write", "write_fraction": 0.5}]},
+        },
+        "seeds": [0],
+    }, None)
+    runs = expand(spec)
+    cost = {r.group: run_flops(r.config) for r in runs}
+    assert cost["long"] > cost["scored"] > cost["short"] == cost["short_too"]
+    # selective write scores every micro-batch with one extra forward: a third of a step's FLOPs
+    extra = cost["scored"] - cost["short"]
+    assert extra > 0.2 * (cost["long"] - cost["short"])
+    assert [r.group for r in longest_first(runs)] == ["long", "scored", "short", "short_too"]

@@ -22,6 +22,7 @@ from forgetlab.config import RunConfig
 from forgetlab.experiments.budgets import (
     FlopsFn,
     calibration_window,
+    flops_function,
     group_flops,
     match_steps,
     model_per_token,
@@ -80,6 +81,14 @@ def eval_tokens(cfg: RunConfig) -> int:
     steps, every = cfg.train.steps_per_stage, cfg.train.eval_every
     in_stage = (steps - 1) // every if every else 0
     return (n + 1) * n * per_domain + n * in_stage * per_domain
+
+
+def run_flops(cfg: RunConfig) -> float:
+    """Training plus evaluation FLOPs of one run, from the analytic model and the mechanisms'
+    ``estimate_flops`` (never calibrating, so it is instant): the runner's cost estimate."""
+    steps = cfg.train.steps_per_stage
+    training, _ = flops_function(cfg, "auto", steps, allow_calibration=False)
+    return training(steps) + float(model_per_token(cfg)["forward"] * eval_tokens(cfg))
 
 
 def _busy_cpu() -> float | None:
