@@ -13,8 +13,9 @@ from forgetlab.train import RunDir, Trainer
 STEPS = 6
 
 
-def micro_config(fixture_data, domains=3, **train):
+def micro_config(fixture_data, domains=3, mechanisms=(), **train):
     raw = {
+        "mechanisms": list(mechanisms),
         "name": "micro-test",
         "seed": 1,
         "model": {"preset": "micro"},
@@ -191,3 +192,32 @@ def test_frozen_qk_buffers_count_as_frozen_parameters_in_the_run_record(fixture_
     assert params["total"] - params["trainable"] == qk
     table = inspect_model(build_model(cfg.model, record["model"]["vocab_size"]))
     assert (params["total"], params["trainable"]) == (table["total"], table["trainable"])
+
+
+def test_a_mechanisms_batch_making_is_timed_as_mechanisms_not_data(fixture_data, tmp_path,
+                                                                   monkeypatch):
+    """Selective write scores every micro-batch with a forward pass inside make_batch: that time
+    belongs to the mechanism (phase "mechanisms"), not to loading data."""
+    from forgetlab.mechanisms.selective_write import SelectiveWrite
+    from forgetlab.train.trainer import PhaseTimer
+
+    events: list[str] = []
+    add, make_batch = PhaseTimer.add, SelectiveWrite.make_batch
+
+    def logged_add(self, stage, phase, t0):
+        events.append(phase)
+        return add(self, stage, phase, t0)
+
+    def logged_make_batch(self, ctx, batch):
+        events.append("make_batch")
+        return make_batch(self, ctx, batch)
+
+    monkeypatch.setattr(PhaseTimer, "add", logged_add)
+    monkeypatch.setattr(SelectiveWrite, "make_batch", logged_make_batch)
+    cfg = micro_config(fixture_data, domains=1, steps_per_stage=2,
+                       mechanisms=[{"name": "selective_write", "write_fraction": 0.5}])
+    Trainer(cfg, tmp_path / "run", progress=False).run()
+    calls = [i for i, e in enumerate(events) if e == "make_batch"]
+    assert len(calls) == 2  # one micro-batch per step
+    for i in calls:
+        assert events[i - 1] == "data" and events[i + 1] == "mechanisms"

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from forgetlab.analysis.columns import PHASES
 from forgetlab.analysis.conclusions import conclude
 from forgetlab.analysis.effects import factorial_effects
 from forgetlab.analysis.gains import marginal_gains
@@ -23,7 +24,6 @@ from forgetlab.analysis.stats import compare_to_reference, group_stats, lower_is
 DEFAULT_PRIMARY = "loss.average_forgetting"
 # Document 000's primary and secondary metrics: these also get a (exploratory) factorial fit.
 SECONDARY = ("loss.BWT", "loss.retention@1", "loss.FWT", "convergence_mean", "loss.final_mean")
-PHASES = ("data", "forward", "backward", "optimizer", "eval")
 
 
 def preregistration_status(meta: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,10 @@ from typing import Any
 import numpy as np
 
 KINDS = ("loss", "bpb", "accuracy")
+# run.json's timing phases, in the order of a training step (the trainer writes them, the report
+# tabulates them): a mechanism's batch making and extra steps (replay rows, selective write's
+# scoring forward, sleep phases) are "mechanisms", not "data"
+PHASES = ("data", "forward", "backward", "optimizer", "mechanisms", "eval")
 KIND_METRICS = ("ACC", "BWT", "FWT", "average_forgetting", "plasticity")
 RUN_METRICS = (
     "convergence_mean",

@@ -18,6 +18,7 @@ from typing import Any
 
 from forgetlab.analysis import plots
 from forgetlab.analysis.analyse import SECONDARY, analyse, jsonable
+from forgetlab.analysis.columns import PHASES
 from forgetlab.analysis.doc import Doc
 from forgetlab.analysis.hypotheses import ALIASES
 from forgetlab.analysis.load import Experiment, load_experiment
@@ -415,11 +416,7 @@ def section_gains_and_perf(
     doc.table(
         [
             "group",
-            "data s",
-            "forward s",
-            "backward s",
-            "optimizer s",
-            "eval s",
+            *[f"{k} s" for k in PHASES],
             "tokens/s",
             "MFU",
             "peak RSS MiB",
@@ -429,10 +426,7 @@ def section_gains_and_perf(
         [
             [
                 p["group"],
-                *[
-                    fmt(p["phase_s"][k])
-                    for k in ("data", "forward", "backward", "optimizer", "eval")
-                ],
+                *[fmt(p["phase_s"][k]) for k in PHASES],
                 fmt(p["tokens_per_s"]),
                 fmt(p["mfu"]),
                 fmt(p["peak_rss_bytes"] / 2**20 if p["peak_rss_bytes"] else None),

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from forgetlab.analysis.columns import KINDS as METRIC_KINDS
+from forgetlab.analysis.columns import PHASES
 from forgetlab.analysis.metrics import cl_metrics, convergence_steps
 from forgetlab.config import ConfigError, RunConfig
 from forgetlab.data import fixed_windows, open_stream, sample_windows
@@ -48,9 +50,6 @@ from forgetlab.train.rundir import RunDir, config_hash
 from forgetlab.train.schedule import lr_at
 
 log = logging.getLogger("forgetlab.train")
-
-METRIC_KINDS = ("loss", "bpb", "accuracy")
-PHASES = ("data", "forward", "backward", "optimizer", "mechanisms", "eval")
 
 
 def weighted_token_mean(token_loss: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -253,9 +252,10 @@ class Trainer:
                 rows = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
                 x, y = x[rows], y[rows]
             batch = Batch(x.to(self.device), y.to(self.device), None, stage)
-            for m in self.mechanisms:
-                batch = m.make_batch(self.ctx, batch)
             t0 = self.timer.add(stage, "data", t0)
+            for m in self.mechanisms:  # replayed rows, selective write's scoring forward...
+                batch = m.make_batch(self.ctx, batch)
+            t0 = self.timer.add(stage, "mechanisms", t0)
             sync = micro == cfg.grad_accum - 1 or not self.dist.enabled
             ddp = isinstance(self.train_model, DistributedDataParallel)
             with contextlib.nullcontext() if sync or not ddp else self.train_model.no_sync():
