@@ -46,7 +46,8 @@ def test_quickstart_scale_replaces_seeds_orders_and_budgets(cl_raw):
     spec, _ = load_spec(cl_raw, "quickstart")
     runs = expand(spec)
     assert len(runs) == 8 and {r.order_name for r in runs} == {"forward"}
-    assert {r.config.train.steps_per_stage for r in runs} == {60}
+    assert {r.config.train.steps_per_stage for r in runs} == {50}
+    assert {r.config.data.val_batches for r in runs} == {4}
 
 
 def test_full_factorial_one_at_a_time_groups_and_sweep_counts():
