@@ -253,9 +253,10 @@ class Trainer:
                 x, y = x[rows], y[rows]
             batch = Batch(x.to(self.device), y.to(self.device), None, stage)
             t0 = self.timer.add(stage, "data", t0)
-            for m in self.mechanisms:  # replayed rows, selective write's scoring forward...
-                batch = m.make_batch(self.ctx, batch)
-            t0 = self.timer.add(stage, "mechanisms", t0)
+            if self.mechanisms:  # replayed rows, selective write's scoring forward...
+                for m in self.mechanisms:
+                    batch = m.make_batch(self.ctx, batch)
+                t0 = self.timer.add(stage, "mechanisms", t0)  # (each add syncs CUDA: only if any)
             sync = micro == cfg.grad_accum - 1 or not self.dist.enabled
             ddp = isinstance(self.train_model, DistributedDataParallel)
             with contextlib.nullcontext() if sync or not ddp else self.train_model.no_sync():
