@@ -83,12 +83,17 @@ def eval_tokens(cfg: RunConfig) -> int:
     return (n + 1) * n * per_domain + n * in_stage * per_domain
 
 
+def eval_flops(cfg: RunConfig) -> float:
+    """Forward FLOPs of every evaluation a run makes (:func:`eval_tokens`)."""
+    return float(model_per_token(cfg)["forward"] * eval_tokens(cfg))
+
+
 def run_flops(cfg: RunConfig) -> float:
     """Training plus evaluation FLOPs of one run, from the analytic model and the mechanisms'
     ``estimate_flops`` (never calibrating, so it is instant): the runner's cost estimate."""
     steps = cfg.train.steps_per_stage
     training, _ = flops_function(cfg, "auto", steps, allow_calibration=False)
-    return training(steps) + float(model_per_token(cfg)["forward"] * eval_tokens(cfg))
+    return training(steps) + eval_flops(cfg)
 
 
 def _busy_cpu() -> float | None:
@@ -210,13 +215,13 @@ def _estimate(
     n = len(cfg.data.domains)
     tokens = n * cfg.train.steps_per_stage * tokens_per_step(cfg)
     training = fn(cfg.train.steps_per_stage)
-    evaluation = model_per_token(cfg)["forward"] * eval_tokens(cfg)
+    evaluation = eval_flops(cfg)
     return {
         **record,
         "parameters": parameters(cfg),
         "train_tokens": tokens,
         "flops_6nd": six_nd(parameters(cfg), tokens),
         "flops_training": training,
-        "flops_eval": float(evaluation),
+        "flops_eval": evaluation,
         "wall_s": (training + evaluation) / throughput["flops_per_s"],
     }
