@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from forgetlab.analysis.load import row_from_record
-from forgetlab.analysis.metrics import cl_metrics
+from forgetlab.analysis.registry import cl_metrics
 
 DOMAINS = ["code", "math", "medical"]
 ORDERS = {"fwd": DOMAINS, "rev": DOMAINS[::-1]}

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from forgetlab.analysis.metrics import cl_metrics, convergence_steps, retention, to_scores
+from forgetlab.analysis.metrics import convergence_steps, retention, to_scores
+from forgetlab.analysis.registry import cl_metrics
 
 ACC = [
     [0.1, 0.2, 0.3],

@@ -98,6 +98,12 @@ def test_overrides_apply_to_every_run_after_its_levels():
         ({"seeds": [1, 1]}, "repeats"),
         ({"typo": 1}, "unknown key 'typo'"),
         ({"preregistration": {"primary_metric": "loss.forgetfulness"}}, "not a results column"),
+        # no run has these columns: final_mean is loss/bpb only, retention starts at lag 1
+        ({"preregistration": {"primary_metric": "accuracy.final_mean"}}, r"<loss\|bpb>.final_mean"),
+        (
+            {"preregistration": {"primary_metric": "loss.BWT", "secondary_metrics": ["loss.retention@0"]}},
+            "'loss.retention@0' is not a results column",
+        ),
         (
             {
                 "preregistration": {

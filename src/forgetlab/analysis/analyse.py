@@ -19,11 +19,8 @@ from forgetlab.analysis.effects import factorial_effects
 from forgetlab.analysis.gains import marginal_gains
 from forgetlab.analysis.hypotheses import ALIASES, judge
 from forgetlab.analysis.load import FINISHED, Experiment, metric_columns
-from forgetlab.analysis.stats import compare_to_reference, group_stats, lower_is_better
-
-DEFAULT_PRIMARY = "loss.average_forgetting"
-# Document 000's primary and secondary metrics: these also get a (exploratory) factorial fit.
-SECONDARY = ("loss.BWT", "loss.retention@1", "loss.FWT", "convergence_mean", "loss.final_mean")
+from forgetlab.analysis.registry import DEFAULT_PRIMARY, SECONDARY, lower_is_better
+from forgetlab.analysis.stats import compare_to_reference, group_stats
 
 
 def preregistration_status(meta: dict[str, Any]) -> dict[str, Any]:

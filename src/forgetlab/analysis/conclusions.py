@@ -3,7 +3,7 @@
 Definitions (the report's appendix repeats them):
 
 * *benefit*: a difference signed so that positive is better for the metric (lower forgetting, loss
-  and cost are better; see :func:`forgetlab.analysis.stats.lower_is_better`).
+  and cost are better; see :func:`forgetlab.analysis.registry.lower_is_better`).
 * a mechanism *has an effect* when its main effect's corrected p is below alpha (for a 1-df term
   that is stricter than "the 95% interval excludes zero", which is reported as *nominal*).
 * an interaction is *super-additive* when it is significant and its benefit is positive: switching
@@ -28,7 +28,8 @@ import pandas as pd
 
 from forgetlab.analysis.effects import FactorialResult, adjust_pvalues
 from forgetlab.analysis.gains import GainPoint, diminishing, level_mean
-from forgetlab.analysis.stats import lower_is_better, welch
+from forgetlab.analysis.registry import lower_is_better
+from forgetlab.analysis.stats import welch
 
 FLOPS = "flops.training_total"
 

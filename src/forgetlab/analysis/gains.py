@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
-from forgetlab.analysis.stats import lower_is_better
+from forgetlab.analysis.registry import lower_is_better
 
 FLOPS = "flops.training_total"
 

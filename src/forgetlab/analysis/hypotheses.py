@@ -6,7 +6,7 @@ AST and allows only numbers, arithmetic, comparisons, ``and``/``or``/``not``, ``
 and ``family.member`` look-ups; anything else (calls, subscripts, dunders, lambdas) is refused with
 :class:`HypothesisError`, so a spec cannot run code through the report.
 
-The namespace (:data:`ALIASES`; README and report repeat it): ``<alias>.<group>`` is the mean over
+The namespace (:data:`ALIASES`, from the metric registry; README and report list it): ``<alias>.<group>`` is the mean over
 the group's finished runs, e.g. ``ppl.C`` = mean of exp(loss.final_mean) in group C. Every results
 column is also available by its name with ``.`` and ``@`` replaced by ``_`` (``loss_retention_1``).
 Group names that are not identifiers are sanitised the same way (``oelm-freeze`` -> ``oelm_freeze``).
@@ -31,27 +31,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from forgetlab.analysis.registry import aliases
 from forgetlab.config import ConfigError
 
 # alias -> (results column, transform of the per-run value, description)
 ALIASES: dict[str, tuple[str, Callable[[float], float], str]] = {
-    "ppl": ("loss.final_mean", math.exp, "perplexity: exp(mean final validation loss)"),
-    "loss": ("loss.final_mean", float, "mean final validation loss over the domains"),
-    "bpb": ("bpb.final_mean", float, "mean final bits per byte"),
-    "acc": ("accuracy.ACC", float, "mean final token accuracy (ACC)"),
-    "af": ("loss.average_forgetting", float, "average forgetting of the loss"),
-    "bwt": ("loss.BWT", float, "backward transfer of the (negated) loss"),
-    "fwt": ("loss.FWT", float, "forward transfer of the (negated) loss"),
-    "plasticity": ("loss.plasticity", float, "mean loss drop on the domain being learned"),
-    "speed": ("tokens_per_s", float, "training tokens per second"),
-    "mfu": ("mfu", float, "model FLOPs utilisation"),
-    "flops": ("flops.training_total", float, "training FLOPs (incl. mechanisms)"),
-    "wall": ("wall_s", float, "wall-clock seconds of the run"),
-    "memory": ("peak_rss_bytes", float, "peak resident memory in bytes"),
-    "convergence": ("convergence_mean", float, "mean steps to converge on a new domain"),
-    "params": ("params.total", float, "total parameters"),
-    "trainable": ("params.trainable", float, "trainable parameters"),
-    "frozen": ("params.frozen", float, "frozen parameters (total - trainable)"),
+    alias.name: (column, alias.transform, alias.meaning) for alias, column in aliases()
 }
 EFFECT_FAMILIES = ("effect", "effect_lo", "effect_hi", "p")
 FUNCTIONS: dict[str, Callable[..., float]] = {"abs": abs, "min": min, "max": max}

@@ -16,7 +16,8 @@ when performance dropped.
   evaluations around the crossing (evaluations every E steps would otherwise round it up to a
   multiple of E: at 60 steps per stage with E = 30 every run "converged" at 60).
 
-A metric whose index set is empty (e.g. BWT with one domain) is ``None``, never 0.
+A metric whose index set is empty (e.g. BWT with one domain) is ``None``, never 0. Which of these
+a run records, under which names, is declared in :mod:`forgetlab.analysis.registry`.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from typing import Literal
 import numpy as np
 
 Kind = Literal["loss", "accuracy", "bpb"]
+KINDS: tuple[Kind, ...] = ("loss", "bpb", "accuracy")  # what the trainer evaluates, in this order
 LOWER_IS_BETTER: frozenset[str] = frozenset({"loss", "bpb"})
 
 
-def _check(a: np.ndarray) -> int:
+def check_shape(a: np.ndarray) -> int:
+    """T, after checking that ``a`` is an R matrix: T+1 rows (row 0 untrained), T columns."""
     if a.ndim != 2 or a.shape[0] != a.shape[1] + 1:
         raise ValueError(f"R must have shape (T+1, T); got {a.shape}")
     return a.shape[1]
@@ -48,25 +51,25 @@ def to_scores(r: np.ndarray | Sequence[Sequence[float]], kind: Kind) -> np.ndarr
 
 def average_accuracy(a: np.ndarray) -> float:
     """ACC: mean final score over all domains."""
-    t = _check(a)
+    t = check_shape(a)
     return float(np.mean(a[t, :]))
 
 
 def backward_transfer(a: np.ndarray) -> float | None:
     """BWT: mean change of each earlier domain's score from just after learning it to the end."""
-    t = _check(a)
+    t = check_shape(a)
     return _mean([a[t, j] - a[j + 1, j] for j in range(t - 1)])
 
 
 def forward_transfer(a: np.ndarray) -> float | None:
     """FWT: how much the stages before domain j already helped it, against the untrained model."""
-    t = _check(a)
+    t = check_shape(a)
     return _mean([a[j, j] - a[0, j] for j in range(1, t)])
 
 
 def forgetting_per_domain(a: np.ndarray) -> list[float]:
     """f_j = max over stages 1..T-1 of the score on j, minus the final score (domains 1..T-1)."""
-    t = _check(a)
+    t = check_shape(a)
     return [float(np.max(a[1:t, j]) - a[t, j]) for j in range(t - 1)]
 
 
@@ -82,7 +85,7 @@ def retention(a: np.ndarray, k: int, lower_is_better: bool = False) -> float | N
     ``lower_is_better=True``) L[j][j] / L[j+k][j], so that 1 means fully kept and < 1 means lost.
     Domains whose ratio has a zero denominator are left out (``None`` if none remain).
     """
-    t = _check(a)
+    t = check_shape(a)
     if k < 1:
         raise ValueError(f"retention needs k >= 1, got {k}")
     ratios = []
@@ -99,7 +102,7 @@ def retention(a: np.ndarray, k: int, lower_is_better: bool = False) -> float | N
 
 def plasticity(a: np.ndarray) -> float:
     """Mean gain on each domain from the stage that trains on it."""
-    t = _check(a)
+    t = check_shape(a)
     return float(np.mean([a[j + 1, j] - a[j, j] for j in range(t)]))
 
 
@@ -127,29 +130,3 @@ def convergence_steps(
             s0, v0 = float(steps[i - 1]), float(losses[i - 1])
             return s0 + (float(s) - s0) * (v0 - level) / (v0 - float(v))
     return float(steps[-1])
-
-
-def cl_metrics(r: np.ndarray | Sequence[Sequence[float]], kind: Kind) -> dict[str, object]:
-    """Every R-matrix metric for one kind of score, in the run.json layout.
-
-    ``r`` is the raw matrix (losses positive, accuracies in [0, 1]); signs are handled here.
-    """
-    raw = np.asarray(r, dtype=np.float64)
-    a = to_scores(raw, kind)
-    t = _check(a)
-    lower = kind in LOWER_IS_BETTER
-    out: dict[str, object] = {
-        "ACC": average_accuracy(a),
-        "BWT": backward_transfer(a),
-        "FWT": forward_transfer(a),
-        "average_forgetting": average_forgetting(a),
-        "forgetting": forgetting_per_domain(a),
-        "plasticity": plasticity(a),
-        "retention": {
-            str(k): retention(raw if lower else a, k, lower_is_better=lower) for k in range(1, t)
-        },
-    }
-    if lower:
-        # ACC of a negated loss is the negated mean final loss; report the loss itself too.
-        out["final_mean"] = float(np.mean(raw[t, :]))
-    return out

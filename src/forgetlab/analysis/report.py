@@ -17,24 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from forgetlab.analysis import plots
-from forgetlab.analysis.analyse import SECONDARY, analyse, jsonable
+from forgetlab.analysis.analyse import analyse, jsonable
 from forgetlab.analysis.columns import PHASES
 from forgetlab.analysis.doc import Doc
 from forgetlab.analysis.hypotheses import ALIASES
 from forgetlab.analysis.load import Experiment, load_experiment
+from forgetlab.analysis.registry import REPORTED, SECONDARY
 from forgetlab.atomic import atomic_write_json, atomic_write_text
 
-KEY_METRICS = (
-    "loss.average_forgetting",
-    "loss.BWT",
-    "loss.retention@1",
-    "loss.FWT",
-    "loss.final_mean",
-    "accuracy.ACC",
-    "convergence_mean",
-    "flops.training_total",
-    "tokens_per_s",
-)
 ENV_KEYS = (
     "forgetlab",
     "python",
@@ -233,7 +223,7 @@ def section_results(doc: Doc, a: dict[str, Any], an: dict[str, Any], figs: Path,
     primary = an["settings"]["primary"]
     present = {s["metric"] for s in a["group_stats"]}
     declared = [*an["settings"].get("co_primary", []), *an["settings"].get("secondary", [])]
-    metrics = [m for m in (primary, *declared, *KEY_METRICS) if m in present]
+    metrics = [m for m in (primary, *declared, *REPORTED) if m in present]
     metrics = list(dict.fromkeys(metrics))
     groups = [g["group"] for g in a["groups"] if g["n_finished"]]
     doc.h(3, "Metrics per group (mean ± sd over finished runs)")

@@ -24,27 +24,6 @@ from scipy import stats
 
 LEVEL = 0.95
 N_BOOT = 2000
-# Metrics where a smaller value is better; everything else is higher-is-better (ARCHITECTURE.md's
-# sign convention: forgetting positive when performance dropped, losses positive).
-LOWER_IS_BETTER_SUFFIXES = (
-    "average_forgetting",
-    "final_mean",
-    "convergence_mean",
-    "steps_to_target",
-    "tokens_to_target",
-    "time_to_target_s",
-    "flops.training_total",
-    "flops.total_with_eval",
-    "wall_s",
-    "peak_rss_bytes",
-)
-
-
-def lower_is_better(metric: str) -> bool:
-    """Whether a smaller value of ``metric`` is better (forgetting, loss, cost)."""
-    return metric.endswith(LOWER_IS_BETTER_SUFFIXES)
-
-
 def t_interval(x: Sequence[float], level: float = LEVEL) -> tuple[float, float] | None:
     """Student-t interval for the mean; None with fewer than two values."""
     a = np.asarray(x, dtype=float)

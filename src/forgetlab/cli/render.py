@@ -8,6 +8,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from forgetlab.analysis.metrics import KINDS
+from forgetlab.analysis.registry import MATRIX
+
 KIND_TITLES = {"loss": "loss (nats/token)", "bpb": "bits per byte", "accuracy": "top-1 accuracy"}
 
 
@@ -34,17 +37,20 @@ def metrics_table(record: dict[str, Any]) -> Table:
         title="continual-learning metrics (scores higher-is-better; forgetting > 0 = lost)"
     )
     table.add_column("metric", style="bold")
-    kinds = [k for k in ("loss", "bpb", "accuracy") if k in record["metrics"]]
+    kinds = [k for k in KINDS if k in record["metrics"]]
     for k in kinds:
         table.add_column(k, justify="right")
-    rows = ["ACC", "BWT", "FWT", "average_forgetting", "plasticity"]
-    for name in rows:
-        table.add_row(name, *(_fmt(record["metrics"][k][name]) for k in kinds))
-    n_ret = len(record["metrics"][kinds[0]]["retention"]) if kinds else 0
-    for r in range(1, n_ret + 1):
-        table.add_row(
-            f"retention@{r}", *(_fmt(record["metrics"][k]["retention"][str(r)]) for k in kinds)
-        )
+    for x in MATRIX:  # the metrics every kind has (final_mean is the R matrices' last row)
+        if x.kinds != KINDS or x.shape == "per_domain":
+            continue
+        if x.shape == "scalar":
+            table.add_row(x.name, *(_fmt(record["metrics"][k][x.name]) for k in kinds))
+            continue
+        lags = len(record["metrics"][kinds[0]][x.name]) if kinds else 0
+        for lag in range(1, lags + 1):
+            table.add_row(
+                f"{x.name}@{lag}", *(_fmt(record["metrics"][k][x.name][str(lag)]) for k in kinds)
+            )
     return table
 
 

@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import ast
 import copy
-import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from forgetlab.analysis.columns import RUN_METRICS
+from forgetlab.analysis import registry
 from forgetlab.config import ConfigError
 
 DESIGNS = ("full_factorial", "one_at_a_time", "groups", "sweep")
@@ -40,18 +39,12 @@ TESTS = ("anova", "welch_t", "mann_whitney", "kruskal", "permutation")
 CORRECTIONS = ("holm", "bonferroni", "fdr_bh", "none")
 REPLACED_BY_SCALE = ("seeds", "orders", "budgets")  # a scale's value replaces, never merges
 
-_KIND_METRIC = re.compile(
-    r"^(loss|bpb|accuracy)\.(ACC|BWT|FWT|average_forgetting|plasticity|final_mean|retention@\d+)$"
-)
-
-
 def check_metric_name(name: str) -> str:
     """A metric must be a ``results.parquet`` column, or the analysis could never compute it."""
-    if _KIND_METRIC.match(name) or name in RUN_METRICS:
+    if registry.is_column(name):
         return name
     raise ValueError(
-        f"metric {name!r} is not a results column; allowed: <loss|bpb|accuracy>.<ACC|BWT|FWT|"
-        f"average_forgetting|plasticity|final_mean|retention@K>, or one of {list(RUN_METRICS)}"
+        f"metric {name!r} is not a results column; allowed: {', '.join(registry.allowed())}"
     )
 
 

@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 
 from forgetlab.analysis.columns import KINDS as METRIC_KINDS
 from forgetlab.analysis.columns import PHASES
-from forgetlab.analysis.metrics import cl_metrics, convergence_steps
+from forgetlab.analysis.metrics import convergence_steps
+from forgetlab.analysis.registry import cl_metrics
 from forgetlab.config import ConfigError, RunConfig
 from forgetlab.data import fixed_windows, open_stream, sample_windows
 from forgetlab.mechanisms import Batch, StepOutput, TrainContext, build_mechanisms
