@@ -93,7 +93,9 @@ class MatrixMetric(Metric):
 class RunMetric(Metric):
     """One results column read from a run's run.json (costs, speed, sizes, curve summaries).
     ``read`` returns NaN for a value the run lacks, None to leave the column out of a row rebuilt
-    from a record that has no such section at all (e.g. no ``time_to_target`` without a target)."""
+    from a record that has no such section at all (e.g. no ``time_to_target`` without a target).
+    Any per-run number that is not a function of one R matrix (a probe's forgetting, a gap to
+    joint training) is a run metric over the run.json section its code writes."""
 
     read: Callable[[dict[str, Any]], float | None]
 
