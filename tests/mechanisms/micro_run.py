@@ -10,12 +10,16 @@ from forgetlab.train import Trainer
 
 
 def micro_config(
-    fixture_data: Any, mechanisms: list[dict[str, Any]], domains: int = 2, **train: Any
+    fixture_data: Any,
+    mechanisms: list[dict[str, Any]],
+    domains: int = 2,
+    model: dict[str, Any] | None = None,
+    **train: Any,
 ) -> RunConfig:
     raw = {
         "name": "micro-mechanism",
         "seed": 3,
-        "model": {"preset": "micro"},
+        "model": model or {"preset": "micro"},
         "data": {
             "domains": fixture_data.domains[:domains],
             "tokenizer": fixture_data.tokenizer,

@@ -5,7 +5,7 @@ import torch
 from scipy.stats import chisquare
 
 from forgetlab.mechanisms import Batch
-from forgetlab.mechanisms.buffers import (
+from forgetlab.mechanisms.parts.buffers import (
     MixKnobs,
     SequenceBuffer,
     herding_order,

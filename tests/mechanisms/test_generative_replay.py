@@ -7,7 +7,7 @@ import torch
 from forgetlab.config import ConfigError, MechanismConfig, ModelConfig, resolve_run_config
 from forgetlab.data import open_stream
 from forgetlab.mechanisms import build_mechanisms
-from forgetlab.mechanisms.sampling import generate, generation_flops
+from forgetlab.mechanisms.parts.sampling import generate, generation_flops
 from forgetlab.models import build_model
 from forgetlab.train import Trainer
 

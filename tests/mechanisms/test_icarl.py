@@ -1,17 +1,13 @@
-"""iCaRL: document 002's worked example (herding, truncation, NCM), BCE + distillation on its
-hand case, and the class-incremental scenario end to end against fine-tune, ER and LwF."""
+"""iCaRL's parts: document 002's worked example (herding, truncation, NCM) and BCE +
+distillation on its hand case (the scenario that assembles them is tested in
+tests/experiments/test_class_incremental.py)."""
 
 import math
 
 import pytest
 import torch
 
-from forgetlab.data import open_stream
-from forgetlab.mechanisms.class_incremental import (
-    ClassIncrementalConfig,
-    run_class_incremental,
-)
-from forgetlab.mechanisms.icarl import ExemplarMemory, class_means, icarl_loss, ncm_predict
+from forgetlab.mechanisms.parts.icarl import ExemplarMemory, class_means, icarl_loss, ncm_predict
 
 A = torch.tensor([[0, 0], [1, 0], [0, 1], [1, 1], [2, 2]], dtype=torch.float64)
 B = torch.tensor([[3, 3], [3, 2], [2, 3], [4, 4], [2, 2]], dtype=torch.float64)
@@ -61,26 +57,3 @@ def test_bce_and_distillation_on_document_002s_single_sample():
     assert none.item() == 0 and first.item() == pytest.approx(
         -math.log(0.8) - math.log(0.85), rel=1e-12
     )
-
-
-def test_class_incremental_scenario_end_to_end(fixture_data):
-    torch.set_num_threads(1)
-    stream = open_stream(fixture_data.domains, fixture_data.tokenizer, fixture_data.cache_dir)
-    cfg = ClassIncrementalConfig(arrivals=[2, 1, 1, 1], steps=20, train_windows=32,
-                                 test_windows=16, memory=24, seed=1)
-    results = {m: run_class_incremental(m, stream, cfg) for m in ("finetune", "er", "lwf", "icarl")}
-    for r in results.values():
-        assert len(r["accuracy"]) == 4 and all(0 <= a <= 1 for a in r["accuracy"])
-        assert r["average_incremental_accuracy"] == pytest.approx(sum(r["accuracy"]) / 4)
-        assert r["classes"] == fixture_data.domains
-    assert results["icarl"]["memory"] == results["er"]["memory"] == 5 * (24 // 5)
-    # fine-tune on the last class alone predicts only that class: 1 of 5 classes right
-    assert results["finetune"]["accuracy"][-1] == pytest.approx(0.2)
-    aia = {m: r["average_incremental_accuracy"] for m, r in results.items()}
-    assert aia["icarl"] > aia["er"] > aia["finetune"]
-
-
-def test_scenario_refuses_more_classes_than_domains(fixture_data):
-    stream = open_stream(fixture_data.domains[:3], fixture_data.tokenizer, fixture_data.cache_dir)
-    with pytest.raises(ValueError, match="need 6 classes"):
-        run_class_incremental("icarl", stream, ClassIncrementalConfig())

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from forgetlab.config import ModelConfig
-from forgetlab.mechanisms.importance import (
+from forgetlab.mechanisms.parts.importance import (
     diagonal_fisher,
     output_sensitivity,
     path_integral_importance,

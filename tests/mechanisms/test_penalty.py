@@ -2,7 +2,7 @@
 
 import torch
 
-from forgetlab.mechanisms.penalty import QuadraticPenalty
+from forgetlab.mechanisms.parts.penalty import QuadraticPenalty
 
 
 def t(*v):

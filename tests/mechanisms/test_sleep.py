@@ -4,7 +4,7 @@ import pytest
 
 from forgetlab.config import ConfigError, MechanismConfig, resolve_run_config
 from forgetlab.mechanisms import build_mechanisms
-from forgetlab.mechanisms.sampling import generation_flops
+from forgetlab.mechanisms.parts.sampling import generation_flops
 from forgetlab.train import Trainer
 
 STEPS = 4

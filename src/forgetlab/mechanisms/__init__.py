@@ -19,7 +19,7 @@ from forgetlab.mechanisms.base import (
 )
 
 for _info in pkgutil.iter_modules(__path__):
-    if _info.name != "base":
+    if _info.name != "base" and not _info.ispkg:  # parts/ holds no mechanism
         importlib.import_module(f"{__name__}.{_info.name}")
 
 __all__ = [

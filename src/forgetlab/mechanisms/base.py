@@ -9,8 +9,21 @@ A mechanism is a class registered by name. The trainer calls, in this order, wha
 * ``after_backward(ctx)`` after gradients are accumulated (gradient projection, masks)
 * ``after_step(ctx)`` after the optimizer step (re-apply weight masks, running statistics)
 * ``eval_scope(ctx, domain_index)`` a context manager around evaluating one domain (task routing)
-* ``flops(ctx) -> float`` the extra compute it has spent so far, so budgets can be matched
-* ``state_dict()`` / ``load_state_dict(state)`` so a killed run resumes exactly
+* ``on_restore()`` after a resume has restored its saved state (re-freeze weights, re-route)
+
+The base class keeps the bookkeeping every mechanism needs, so a mechanism only declares it:
+
+* **Saved state.** ``saved`` names the attributes a killed run needs to resume exactly (each
+  class lists its own; the base class collects them along the class hierarchy). ``state_dict()``
+  copies them to the CPU; ``load_state_dict(state)`` puts them back on the run's device
+  (``self.device``, set before ``setup``): tensors and containers of tensors are moved, an
+  object with its own ``state_dict``/``load_state_dict(state, device)`` (a replay buffer, the
+  quadratic penalty) restores itself, and an ``nn.Module`` is loaded in place (so the
+  optimizer's references stay valid). A property can stand for state kept in another form.
+* **One FLOP meter.** ``count_flops(n)`` adds the extra compute a hook spent (teacher or scoring
+  forwards, Fisher passes, generation); ``flops(ctx)`` reads it, so budgets can be matched. Count
+  exact integers where the count is exact (tokens x the model's integer FLOPs per token): ints
+  sum without rounding. The meter is always saved.
 
 Knobs are declared as a pydantic model (``Knobs``), so unknown or mistyped knobs fail before any
 work with the list of valid ones. ``incompatible`` names mechanisms this one cannot run beside,
@@ -26,6 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
 
 from forgetlab.config import ConfigError, MechanismConfig
 
@@ -91,12 +105,21 @@ class Mechanism:
     name: ClassVar[str] = ""
     incompatible: ClassVar[frozenset[str]] = frozenset()
     incompatible_reason: ClassVar[str] = ""  # why, shown when a spec combines them
+    saved: ClassVar[tuple[str, ...]] = ()  # this class's own attributes in the saved state
 
     class Knobs(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
     def __init__(self, knobs: Knobs) -> None:
         self.knobs = knobs
+        self.device = torch.device("cpu")  # the run's device, known from attach()
+        self.flops_spent: int | float = 0  # the FLOP meter: see count_flops
+
+    def attach(self, ctx: TrainContext) -> None:
+        """The trainer's first call: remember the run's device (where saved state is restored
+        to), then ``setup``."""
+        self.device = ctx.device
+        self.setup(ctx)
 
     def setup(self, ctx: TrainContext) -> None:
         """Called once, before the initial evaluation."""
@@ -123,8 +146,13 @@ class Mechanism:
     def eval_scope(self, ctx: TrainContext, domain_index: int) -> Iterator[None]:
         yield
 
+    def count_flops(self, n: float) -> None:
+        """Add ``n`` FLOPs of extra compute to the meter (an int stays exact)."""
+        self.flops_spent += n
+
     def flops(self, ctx: TrainContext) -> float:
-        return 0.0
+        """The extra compute spent so far (beyond the trainer's own steps)."""
+        return float(self.flops_spent)
 
     @classmethod
     def estimate_flops(
@@ -141,12 +169,68 @@ class Mechanism:
         records count what a run really trains."""
         return []
 
+    @classmethod
+    def saved_names(cls) -> list[str]:
+        """Every class's ``saved`` along the hierarchy, base classes first, each name once."""
+        names: list[str] = []
+        for klass in reversed(cls.__mro__):
+            for n in vars(klass).get("saved", ()):
+                if n not in names:
+                    names.append(n)
+        return names
+
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        """The FLOP meter and the declared attributes, copied to the CPU."""
+        state: dict[str, Any] = {"flops": self.flops_spent}
+        for n in self.saved_names():
+            value = getattr(self, n)
+            state[n] = _to_cpu(value.state_dict() if _has_state(value) else value)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state:
-            raise ValueError(f"mechanism {self.name!r} has no state but was given {list(state)}")
+        """Restore what :meth:`state_dict` saved onto ``self.device``, then ``on_restore``."""
+        expected = {"flops", *self.saved_names()}
+        if set(state) != expected:
+            raise ValueError(
+                f"mechanism {self.name!r}: saved state has {sorted(state)}, "
+                f"expected {sorted(expected)}"
+            )
+        self.flops_spent = state["flops"]
+        for n in self.saved_names():
+            current = getattr(self, n)
+            if isinstance(current, nn.Module):
+                current.load_state_dict(state[n])  # in place: device and references kept
+            elif _has_state(current):
+                current.load_state_dict(state[n], self.device)
+            else:
+                setattr(self, n, _to_device(state[n], self.device))
+        self.on_restore()
+
+    def on_restore(self) -> None:
+        """The saved state is back (a resumed run, after ``setup``): redo what it implies."""
+
+
+def _has_state(value: Any) -> bool:
+    return hasattr(value, "state_dict") and hasattr(value, "load_state_dict")
+
+
+def _to_cpu(value: Any) -> Any:
+    """A copy with every tensor detached on the CPU (dicts, lists and tuples recursed)."""
+    return _map_tensors(value, lambda t: t.detach().cpu().clone())
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    return _map_tensors(value, lambda t: t.to(device, copy=True))
+
+
+def _map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: _map_tensors(v, fn) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_map_tensors(v, fn) for v in value)
+    return value
 
 
 MECHANISMS: dict[str, type[Mechanism]] = {}

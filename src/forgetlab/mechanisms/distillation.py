@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import abc
 import copy
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
 from forgetlab.mechanisms.base import Batch, Mechanism, StepOutput, TrainContext, register
-from forgetlab.mechanisms.importance import flops_per_token
+from forgetlab.mechanisms.parts.importance import flops_per_token
 
 
 def distillation_loss(
@@ -66,11 +66,25 @@ class Distillation(Mechanism, abc.ABC):
         temperature: float = Field(1.0, gt=0.0, description="softmax temperature T")
         form: Literal["kl", "ce"] = Field("kl", description="KL divergence or soft cross-entropy")
 
+    saved = ("teacher_weights",)
+
     def __init__(self, knobs: Knobs) -> None:
         super().__init__(knobs)
         self.teacher: torch.nn.Module | None = None
-        self._teacher_state: dict[str, torch.Tensor] | None = None
-        self.teacher_tokens = 0
+        self._teacher_state: dict[str, torch.Tensor] | None = None  # restored, not yet rebuilt
+        self.forward_per_token = 0  # FLOPs of the teacher's forward on one token
+
+    @property
+    def teacher_weights(self) -> dict[str, torch.Tensor] | None:
+        """The teacher's weights, what a resume rebuilds it from (None before the second domain)."""
+        return self.teacher.state_dict() if self.teacher is not None else self._teacher_state
+
+    @teacher_weights.setter
+    def teacher_weights(self, weights: dict[str, torch.Tensor] | None) -> None:
+        self.teacher, self._teacher_state = None, weights  # rebuilt from the model on first use
+
+    def setup(self, ctx: TrainContext) -> None:
+        self.forward_per_token = int(flops_per_token(ctx, "forward"))
 
     @abc.abstractmethod
     def weigh(self, distill: torch.Tensor, supervised: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -89,7 +103,7 @@ class Distillation(Mechanism, abc.ABC):
             return {}
         with torch.no_grad(), ctx.autocast():
             teacher_logits = self.teacher(batch.x)
-        self.teacher_tokens += batch.n_tokens
+        self.count_flops(self.forward_per_token * batch.n_tokens)
         mask = None if batch.weights is None else batch.weights > 0
         distill = distillation_loss(
             output.logits, teacher_logits, self.knobs.temperature, mask, self.knobs.form
@@ -102,20 +116,6 @@ class Distillation(Mechanism, abc.ABC):
             else (output.token_loss * w).sum() / w.sum().clamp_min(1e-8)
         )
         return self.weigh(distill, supervised)
-
-    def flops(self, ctx: TrainContext) -> float:
-        return flops_per_token(ctx, "forward") * self.teacher_tokens
-
-    def state_dict(self) -> dict[str, Any]:
-        teacher = None
-        if self.teacher is not None:
-            teacher = {k: v.detach().cpu().clone() for k, v in self.teacher.state_dict().items()}
-        return {"teacher": teacher, "teacher_tokens": self.teacher_tokens}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.teacher = None
-        self._teacher_state = state["teacher"]
-        self.teacher_tokens = state["teacher_tokens"]
 
     @staticmethod
     def _frozen_copy(ctx: TrainContext) -> torch.nn.Module:

@@ -26,14 +26,14 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from forgetlab.mechanisms.base import TrainContext, register
-from forgetlab.mechanisms.importance import (
+from forgetlab.mechanisms.parts.importance import (
     block_size,
     diagonal_fisher,
     draw_windows,
     flops_per_token,
     sequence_log_likelihood,
 )
-from forgetlab.mechanisms.penalty import ImportancePenalty, Tensors
+from forgetlab.mechanisms.parts.penalty import ImportancePenalty, Tensors
 
 
 @register
@@ -58,7 +58,7 @@ class EWC(ImportancePenalty):
         if k.fisher == "sampled":
             y = self._sample_next_tokens(ctx, x)
         fisher = diagonal_fisher(ctx.model, sequence_log_likelihood, [x, y], chunk=k.chunk)
-        self.extra_flops += flops_per_token(ctx, "train") * x.numel()
+        self.count_flops(flops_per_token(ctx, "train") * x.numel())
         return {n: f / block_size(ctx) for n, f in fisher.items()}
 
     def _sample_next_tokens(self, ctx: TrainContext, x: torch.Tensor) -> torch.Tensor:
@@ -68,7 +68,7 @@ class EWC(ImportancePenalty):
             logits = ctx.model(x)
         ctx.model.train(was_training)
         probs = F.softmax(logits.float().flatten(0, 1), dim=-1)
-        self.extra_flops += flops_per_token(ctx, "forward") * x.numel()
+        self.count_flops(flops_per_token(ctx, "forward") * x.numel())
         return torch.multinomial(probs, 1, generator=ctx.generator).view_as(x)
 
 

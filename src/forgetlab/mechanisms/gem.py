@@ -19,7 +19,6 @@ vector; the memories' gradients are extra forward and backward passes and are co
 from __future__ import annotations
 
 import abc
-from typing import Any
 
 import numpy as np
 import quadprog
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from forgetlab.mechanisms.base import Mechanism, TrainContext, register
-from forgetlab.mechanisms.importance import draw_windows, flops_per_token
+from forgetlab.mechanisms.parts.importance import draw_windows, flops_per_token
 
 
 def gem_project(g: torch.Tensor, G: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
@@ -62,10 +61,15 @@ class EpisodicProjection(Mechanism, abc.ABC):
     class Knobs(Mechanism.Knobs):
         memory_per_domain: int = Field(16, ge=1, description="windows kept from each domain")
 
+    saved = ("memory",)
+
     def __init__(self, knobs: Knobs) -> None:
         super().__init__(knobs)
         self.memory: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.memory_tokens = 0  # tokens passed forward and backward for memory gradients
+        self.train_per_token = 0  # forward + backward FLOPs of one memory token
+
+    def setup(self, ctx: TrainContext) -> None:
+        self.train_per_token = int(flops_per_token(ctx, "train"))
 
     @abc.abstractmethod
     def project(self, ctx: TrainContext, g: torch.Tensor) -> torch.Tensor:
@@ -97,26 +101,13 @@ class EpisodicProjection(Mechanism, abc.ABC):
             logits = ctx.model(x)
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         grads = torch.autograd.grad(loss, params, allow_unused=True)
-        self.memory_tokens += y.numel()
+        self.count_flops(self.train_per_token * y.numel())
         return torch.cat(
             [
                 (torch.zeros_like(p) if gr is None else gr).flatten().float()
                 for p, gr in zip(params, grads, strict=True)
             ]
         )
-
-    def flops(self, ctx: TrainContext) -> float:
-        return flops_per_token(ctx, "train") * self.memory_tokens
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "memory": [(x.cpu(), y.cpu()) for x, y in self.memory],
-            "memory_tokens": self.memory_tokens,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.memory = [(x, y) for x, y in state["memory"]]
-        self.memory_tokens = state["memory_tokens"]
 
 
 def _flat_grad(p: torch.Tensor) -> torch.Tensor:

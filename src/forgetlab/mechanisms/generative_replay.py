@@ -10,49 +10,26 @@ mixes real ones. Generation is counted in :meth:`flops`.
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
 from pydantic import Field
 
-from forgetlab.mechanisms.base import Batch, Mechanism, TrainContext, register
-from forgetlab.mechanisms.buffers import MixKnobs, SequenceBuffer, mix_in
-from forgetlab.mechanisms.replay import check_capacity
-from forgetlab.mechanisms.sampling import GenerationKnobs, generate_sequences
+from forgetlab.mechanisms.base import TrainContext, register
+from forgetlab.mechanisms.parts.buffers import BatchReplay, SequenceBuffer
+from forgetlab.mechanisms.parts.sampling import GenerationKnobs, generate_sequences
 
 
 @register
-class GenerativeReplay(Mechanism):
+class GenerativeReplay(BatchReplay):
     """Replay of model-generated sequences, one balanced share per seen domain."""
 
     name = "generative_replay"
     incompatible = frozenset({"replay"})
-    incompatible_reason = (
-        "both replace a share of every batch by their own memory's rows, so together they would "
-        "silently double the replayed share; choose real (replay) or generated "
-        "(generative_replay) samples"
-    )
 
-    class Knobs(MixKnobs, GenerationKnobs):
+    class Knobs(BatchReplay.Knobs, GenerationKnobs):
         capacity: int = Field(256, ge=1, description="generated sequences kept, over all domains")
 
     def __init__(self, knobs: Knobs) -> None:
-        super().__init__(knobs)
+        super().__init__(knobs, SequenceBuffer(knobs.capacity, "balanced"))
         self.knobs: GenerativeReplay.Knobs = knobs
-        self.buffer = SequenceBuffer(knobs.capacity, "balanced")
-        self.device = torch.device("cpu")
-        self.spent = 0.0
-
-    def setup(self, ctx: TrainContext) -> None:
-        check_capacity(self.knobs.capacity, "balanced", ctx, self.name)
-        self.device = ctx.device
-
-    def make_batch(self, ctx: TrainContext, batch: Batch) -> Batch:
-        n_old = round(batch.x.shape[0] * self.knobs.old_share())
-        if n_old == 0 or len(self.buffer) == 0:
-            return batch
-        x, y, _ = self.buffer.sample(n_old, ctx.generator)
-        return mix_in(batch, x, y)
 
     def on_stage_end(self, ctx: TrainContext) -> None:
         if ctx.stage == len(ctx.stream.domains) - 1:
@@ -60,15 +37,5 @@ class GenerativeReplay(Mechanism):
         n = self.knobs.capacity // (ctx.stage + 1)
         x, y, spent = generate_sequences(ctx, ctx.stage, n, self.knobs)
         self.buffer.add(x, y, ctx.stage, ctx.generator)
-        self.spent += spent
+        self.count_flops(spent)
         ctx.log["generative_replay/size"] = float(len(self.buffer))
-
-    def flops(self, ctx: TrainContext) -> float:
-        return self.spent
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"buffer": self.buffer.state_dict(), "flops": self.spent}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.buffer.load_state_dict(state["buffer"], self.device)
-        self.spent = state["flops"]

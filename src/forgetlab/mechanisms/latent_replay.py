@@ -11,7 +11,7 @@ tied embeddings the LM head *is* the token embedding and freezes with it.
 Stage-1 rows are written while the lower stack still trains, so they keep their token ids until
 the end of stage 1, where their activations are recomputed by the now frozen stack and the ids
 are dropped (set to -1): from then on the memory holds activations and targets only. The memory
-is a :class:`~forgetlab.mechanisms.buffers.SequenceBuffer` (x = activation (T, C), y = targets and
+is a :class:`~forgetlab.mechanisms.parts.buffers.SequenceBuffer` (x = activation (T, C), y = targets and
 ids (2, T)) under any of its stream policies; herding needs features of raw samples, so it is not
 offered.
 """
@@ -26,8 +26,7 @@ from pydantic import Field
 
 from forgetlab.config import ConfigError
 from forgetlab.mechanisms.base import Batch, Mechanism, StepOutput, TrainContext, register
-from forgetlab.mechanisms.buffers import SequenceBuffer, stream_rows
-from forgetlab.mechanisms.replay import check_capacity
+from forgetlab.mechanisms.parts.buffers import SequenceBuffer, check_capacity, stream_rows
 
 
 class _Capture:
@@ -75,13 +74,13 @@ class LatentReplay(Mechanism):
         replay_rows: int = Field(4, ge=1, description="stored sequences replayed per step")
         weight: float = Field(1.0, gt=0.0, description="weight of the replayed loss term")
 
+    saved = ("buffer", "frozen")
+
     def __init__(self, knobs: Knobs) -> None:
         super().__init__(knobs)
         self.knobs: LatentReplay.Knobs = knobs
         self.buffer = SequenceBuffer(knobs.capacity, knobs.policy)
         self.capture = _Capture()
-        self.device = torch.device("cpu")
-        self.spent = 0.0
         self.upper_per_token = 0.0  # training FLOPs of one token through the upper stack
         self.lower_per_token = 0.0  # forward FLOPs of one token through the lower stack
         self.model: Any = None
@@ -96,15 +95,14 @@ class LatentReplay(Mechanism):
                 f"of a {n_layer}-block model; use 1 <= layer < {n_layer}"
             )
         check_capacity(k.capacity, k.policy, ctx, self.name)
-        self.device = ctx.device
         model.blocks[k.layer - 1].register_forward_hook(self.capture)
         cfg = model.config
         blocks_above = sum(p.numel() for b in model.blocks[k.layer :] for p in b.parameters())
         blocks_below = sum(p.numel() for b in model.blocks[: k.layer] for p in b.parameters())
         attn = cfg.n_embd * cfg.block_size  # H * Q * T per layer (nanoGPT's 12 L H Q T term)
         head = model.lm_head.weight.numel()
-        self.upper_per_token = 6 * (blocks_above + head) + 12 * (n_layer - k.layer) * attn
-        self.lower_per_token = 2 * blocks_below + 4 * k.layer * attn
+        self.upper_per_token = float(6 * (blocks_above + head) + 12 * (n_layer - k.layer) * attn)
+        self.lower_per_token = float(2 * blocks_below + 4 * k.layer * attn)
         self.model = model
 
     def lower_parameters(self) -> list[torch.nn.Parameter]:
@@ -144,7 +142,7 @@ class LatentReplay(Mechanism):
         with ctx.autocast():
             logits = upper_logits(ctx.model, h.to(self.device), self.knobs.layer)
         targets = y[:, 0].to(self.device)
-        self.spent += self.upper_per_token * targets.numel()
+        self.count_flops(self.upper_per_token * targets.numel())
         replay = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
         return {"replay": self.knobs.weight * replay}
 
@@ -165,7 +163,7 @@ class LatentReplay(Mechanism):
                     h = lower_hidden(model, ids, self.knobs.layer)
                 self.buffer.x[chunk] = h.float().to(self.buffer.x.device)
                 self.buffer.y[chunk, 1] = -1
-                self.spent += self.lower_per_token * ids.numel()
+                self.count_flops(self.lower_per_token * ids.numel())
         finally:
             model.train(was_training)
 
@@ -176,14 +174,6 @@ class LatentReplay(Mechanism):
         row = self.buffer.x[0].nbytes + self.buffer.y[0].nbytes
         return len(self.buffer) * row
 
-    def flops(self, ctx: TrainContext) -> float:
-        return self.spent
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"buffer": self.buffer.state_dict(), "flops": self.spent, "frozen": self.frozen}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.buffer.load_state_dict(state["buffer"], self.device)
-        self.spent = state["flops"]
-        if state["frozen"]:  # resumed inside a later stage: on_stage_start is not called again
+    def on_restore(self) -> None:
+        if self.frozen:  # resumed inside a later stage: on_stage_start is not called again
             self._freeze()

@@ -16,8 +16,6 @@ saved checkpoint rebuilds the grown model.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,6 +31,7 @@ class LifelongMoE(Mechanism):
     """Add experts per stage, freeze the old ones and their router rows, distil from the old model."""
 
     name = "lifelong_moe"
+    saved = ("stage", "teacher_weights")
 
     class Knobs(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -45,11 +44,10 @@ class LifelongMoE(Mechanism):
         self.knobs: LifelongMoE.Knobs = knobs
         self.stage = 0
         self.teacher: GPT | None = None
-        self.teacher_tokens = 0
+        self.forward_per_token = 0  # FLOPs of the teacher's forward on one token
 
     def setup(self, ctx: TrainContext) -> None:
         self.model = ctx.model
-        self.device = ctx.device
         self.layers = [m for m in ctx.model.modules() if isinstance(m, MoE)]
         if not self.layers:
             raise ConfigError("mechanism 'lifelong_moe' needs an MoE model: set model.ffn = 'moe'")
@@ -73,6 +71,7 @@ class LifelongMoE(Mechanism):
                 {"params": new_params, "weight_decay": ctx.config.train.weight_decay}
             )
         self._freeze(0)
+        self.forward_per_token = model_flops_per_token(self.model.config)["forward"]
 
     def _freeze(self, stage: int) -> None:
         """Only the block of ``stage`` trains; older blocks are frozen, later ones inactive."""
@@ -81,17 +80,27 @@ class LifelongMoE(Mechanism):
                 for p in layer.block_params(block):
                     p.requires_grad_(block == stage)
 
-    def _snapshot(self) -> GPT:
+    def _snapshot(self, weights: dict[str, torch.Tensor]) -> GPT:
+        """A frozen model of the current (grown) layout holding ``weights``."""
         with torch.random.fork_rng(devices=[]):  # building must not move the run's RNG
             teacher = GPT(self.model.config)
-        teacher.load_state_dict(self.model.state_dict())
+        teacher.load_state_dict(weights)
         return teacher.to(self.device).eval().requires_grad_(False)
+
+    @property
+    def teacher_weights(self) -> dict[str, torch.Tensor] | None:
+        """The stage-start model's weights (None in the first stage or with kl_weight = 0)."""
+        return None if self.teacher is None else self.teacher.state_dict()
+
+    @teacher_weights.setter
+    def teacher_weights(self, weights: dict[str, torch.Tensor] | None) -> None:
+        self.teacher = None if weights is None else self._snapshot(weights)
 
     def on_stage_start(self, ctx: TrainContext) -> None:
         self.stage = ctx.stage
         if ctx.stage == 0:
             return
-        self.teacher = self._snapshot() if self.knobs.kl_weight > 0 else None
+        self.teacher = self._snapshot(self.model.state_dict()) if self.knobs.kl_weight > 0 else None
         for layer in self.layers:
             layer.activate_block(ctx.stage, self.knobs.noise_std, ctx.generator)
         self._freeze(ctx.stage)
@@ -101,7 +110,7 @@ class LifelongMoE(Mechanism):
             return {}
         with torch.no_grad(), ctx.autocast():
             old = self.teacher(batch.x)
-        self.teacher_tokens += batch.n_tokens
+        self.count_flops(self.forward_per_token * batch.n_tokens)
         kl = F.kl_div(
             output.logits.float().log_softmax(-1),
             old.float().log_softmax(-1),
@@ -110,22 +119,5 @@ class LifelongMoE(Mechanism):
         ).sum(-1)
         return {"kl": self.knobs.kl_weight * kl.mean()}
 
-    def flops(self, ctx: TrainContext) -> float:
-        """The teacher's forward passes."""
-        return float(self.teacher_tokens * model_flops_per_token(self.model.config)["forward"])
-
-    def state_dict(self) -> dict[str, Any]:
-        teacher = None
-        if self.teacher is not None:
-            teacher = {k: v.cpu() for k, v in self.teacher.state_dict().items()}
-        return {"stage": self.stage, "teacher": teacher, "teacher_tokens": self.teacher_tokens}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.stage, self.teacher_tokens = state["stage"], state["teacher_tokens"]
-        self.teacher = None
-        if state["teacher"] is not None:
-            with torch.random.fork_rng(devices=[]):
-                self.teacher = GPT(self.model.config)
-            self.teacher.load_state_dict(state["teacher"])
-            self.teacher = self.teacher.to(self.device).eval().requires_grad_(False)
+    def on_restore(self) -> None:
         self._freeze(self.stage)

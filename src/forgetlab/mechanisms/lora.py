@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -127,6 +126,8 @@ class LoRA(Mechanism):
             "base freezes after them",
         )
 
+    saved = ("bank", "stage")
+
     def __init__(self, knobs: Knobs) -> None:
         super().__init__(knobs)
         self.knobs: LoRA.Knobs = knobs
@@ -135,7 +136,7 @@ class LoRA(Mechanism):
         self.base: list[nn.Parameter] = []
         self.stage = 0
         self.route = _Route()
-        self.tokens = 0
+        self.train_per_token = 0  # adapter FLOPs of one training token
 
     # ------------------------------------------------------------------------------- set-up
     def setup(self, ctx: TrainContext) -> None:
@@ -172,6 +173,12 @@ class LoRA(Mechanism):
             {"params": list(self.bank.parameters()), "weight_decay": ctx.config.train.weight_decay}
         )
         self._activate(0)
+        # forward 2 r (in + out) per token and Linear, x3 for forward + backward (Kaplan et al.
+        # 2020's 6N rule applied to the adapter's N); the weight gradients the frozen base no
+        # longer needs are not subtracted
+        self.train_per_token = 3 * sum(
+            2 * k.rank * (m.in_features + m.out_features) for m in self.targets.values()
+        )
 
     def _route_of(self, domain: int) -> int | None:
         """The adapter serving ``domain``; None for a domain the base itself learned."""
@@ -199,7 +206,7 @@ class LoRA(Mechanism):
 
     def loss(self, ctx: TrainContext, batch: Batch, output: StepOutput) -> dict[str, torch.Tensor]:
         if self.route.active is not None:
-            self.tokens += batch.n_tokens
+            self.count_flops(self.train_per_token * batch.n_tokens)
         return {}
 
     def after_backward(self, ctx: TrainContext) -> None:
@@ -241,22 +248,5 @@ class LoRA(Mechanism):
     def parameters(self) -> list[nn.Parameter]:
         return list(self.bank.parameters())
 
-    def flops(self, ctx: TrainContext) -> float:
-        """Adapter compute on training tokens: forward 2 r (in + out) per token and Linear, x3
-        for forward + backward (Kaplan et al. 2020's 6N rule applied to the adapter's N). The
-        weight gradients the frozen base no longer needs are not subtracted."""
-        per_token = sum(2 * self.knobs.rank * (m.in_features + m.out_features)
-                        for m in self.targets.values())
-        return 3.0 * per_token * self.tokens
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "adapters": {k: v.detach().cpu().clone() for k, v in self.bank.state_dict().items()},
-            "stage": self.stage,
-            "tokens": self.tokens,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.bank.load_state_dict(state["adapters"])  # copies in place: the optimizer's tensors
-        self._activate(state["stage"])
-        self.tokens = state["tokens"]
+    def on_restore(self) -> None:
+        self._activate(self.stage)

@@ -13,8 +13,8 @@ from __future__ import annotations
 from pydantic import Field
 
 from forgetlab.mechanisms.base import TrainContext, register
-from forgetlab.mechanisms.importance import draw_windows, flops_per_token, output_sensitivity
-from forgetlab.mechanisms.penalty import ImportancePenalty, Tensors
+from forgetlab.mechanisms.parts.importance import draw_windows, flops_per_token, output_sensitivity
+from forgetlab.mechanisms.parts.penalty import ImportancePenalty, Tensors
 
 
 @register
@@ -32,5 +32,5 @@ class MAS(ImportancePenalty):
 
     def importance(self, ctx: TrainContext) -> Tensors:
         x, _ = draw_windows(ctx, ctx.stage, self.knobs.samples)
-        self.extra_flops += flops_per_token(ctx, "train") * x.numel()
+        self.count_flops(flops_per_token(ctx, "train") * x.numel())
         return output_sensitivity(ctx.model, x, chunk=self.knobs.chunk)

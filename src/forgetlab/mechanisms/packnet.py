@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 from pydantic import Field
 
 from forgetlab.mechanisms.base import Batch, Mechanism, TrainContext, register
-from forgetlab.mechanisms.importance import draw_windows, trainable
+from forgetlab.mechanisms.parts.importance import draw_windows, trainable
 
 FREE = 0  # owner value of a weight no domain has kept yet
 
@@ -38,6 +37,7 @@ class PackNet(Mechanism):
     """Iterative magnitude pruning into per-domain sub-networks, old sub-networks frozen exactly."""
 
     name = "packnet"
+    saved = ("owner", "init_std")
     incompatible = frozenset({"lora", "ewc", "online_ewc", "si", "mas"})
     incompatible_reason = (
         "PackNet freezes each domain's weights exactly: LoRA would adapt those frozen matrices and "
@@ -76,19 +76,12 @@ class PackNet(Mechanism):
         owner = self.owner[name]
         return owner == (ctx.stage + 1 if self.retraining else FREE)
 
-    def _params(self, ctx: TrainContext) -> dict[str, torch.nn.Parameter]:
-        params = trainable(ctx.model)
-        for name, owner in self.owner.items():
-            if owner.device != params[name].device:  # resumed: state arrives on the CPU
-                self.owner[name] = owner.to(params[name].device)
-        return params
-
     # ----------------------------------------------------------------------------- hooks
     def on_stage_start(self, ctx: TrainContext) -> None:
         if ctx.stage == 0:
             return
         gen = ctx.generator
-        params = self._params(ctx)
+        params = trainable(ctx.model)
         with torch.no_grad():
             for name, owner in self.owner.items():
                 p = params[name]
@@ -99,7 +92,7 @@ class PackNet(Mechanism):
     def after_backward(self, ctx: TrainContext) -> None:
         if ctx.stage == 0 and not self.retraining:
             return
-        params = self._params(ctx)
+        params = trainable(ctx.model)
         if self.snapshot is None:  # resumed mid-stage: frozen positions hold their values
             self.snapshot = {n: p.detach().clone() for n, p in params.items()}
         for name, p in params.items():
@@ -111,11 +104,11 @@ class PackNet(Mechanism):
             return
         assert self.snapshot is not None, "after_backward takes the snapshot"
         with torch.no_grad():
-            for name, p in self._params(ctx).items():
+            for name, p in trainable(ctx.model).items():
                 p.copy_(torch.where(self._trainable(ctx, name), p, self.snapshot[name]))
 
     def on_stage_end(self, ctx: TrainContext) -> None:
-        params = self._params(ctx)
+        params = trainable(ctx.model)
         domain = ctx.stage + 1
         with torch.no_grad():
             for name, owner in self.owner.items():
@@ -134,7 +127,7 @@ class PackNet(Mechanism):
         if ctx.extra_step is None:
             raise RuntimeError("packnet retrain_steps > 0 needs a trainer that supplies extra_step")
         batch_size = ctx.config.train.batch_size
-        self.snapshot = {n: p.detach().clone() for n, p in self._params(ctx).items()}
+        self.snapshot = {n: p.detach().clone() for n, p in trainable(ctx.model).items()}
         self.retraining = True
         try:
             for _ in range(self.knobs.retrain_steps):
@@ -147,7 +140,7 @@ class PackNet(Mechanism):
     def eval_scope(self, ctx: TrainContext, domain_index: int) -> Iterator[None]:
         """Evaluate domain j (0-based) with the weights of domains 1..j+1; the free weights too
         when j is the domain in training or a later one (they are zero once pruned)."""
-        params = self._params(ctx)
+        params = trainable(ctx.model)
         current = domain_index >= ctx.stage
         inactive = {}
         for name, owner in self.owner.items():
@@ -166,14 +159,3 @@ class PackNet(Mechanism):
             with torch.no_grad():
                 for name, value in saved.items():
                     params[name].copy_(value)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "owner": {n: o.cpu().clone() for n, o in self.owner.items()},
-            "init_std": dict(self.init_std),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.owner = dict(state["owner"])
-        self.init_std = dict(state["init_std"])
-        self.snapshot = None

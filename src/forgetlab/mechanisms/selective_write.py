@@ -43,6 +43,7 @@ class SelectiveWrite(Mechanism):
     """Gate each token's (or sequence's) gradient by its surprise or uncertainty."""
 
     name = "selective_write"
+    saved = ("history", "written", "offered", "stage_fractions")
 
     class Knobs(Mechanism.Knobs):
         signal: Literal["surprise", "uncertainty"] = "surprise"
@@ -66,15 +67,12 @@ class SelectiveWrite(Mechanism):
     def __init__(self, knobs: Knobs) -> None:
         super().__init__(knobs)
         self.knobs: SelectiveWrite.Knobs = knobs
-        self.device = torch.device("cpu")
         self.history = torch.zeros(0)  # the last `window` scores, oldest first
         self.written = 0  # gated-in stream tokens this stage
         self.offered = 0  # stream tokens this stage
         self.stage_fractions: list[float] = []
-        self.spent = 0.0
 
     def setup(self, ctx: TrainContext) -> None:
-        self.device = ctx.device
         self.history = self.history.to(ctx.device)
 
     def on_stage_start(self, ctx: TrainContext) -> None:
@@ -97,8 +95,8 @@ class SelectiveWrite(Mechanism):
         with torch.no_grad(), ctx.autocast():
             logits = ctx.model(batch.x)
         seq = batch.x.shape[1]
-        self.spent += float(
-            model_flops_per_token(ctx.model.config, seq)["forward"] * batch.x.numel()
+        self.count_flops(
+            float(model_flops_per_token(ctx.model.config, seq)["forward"] * batch.x.numel())
         )
         scores = token_scores(logits, batch.y, self.knobs.signal)
         sequences = self.knobs.granularity == "sequence"
@@ -134,21 +132,3 @@ class SelectiveWrite(Mechanism):
 
     def on_stage_end(self, ctx: TrainContext) -> None:
         self.stage_fractions.append(self.written / max(self.offered, 1))
-
-    def flops(self, ctx: TrainContext) -> float:
-        return self.spent
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "history": self.history.cpu(),
-            "written": self.written,
-            "offered": self.offered,
-            "stage_fractions": list(self.stage_fractions),
-            "flops": self.spent,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.history = state["history"].to(self.device)
-        self.written, self.offered = state["written"], state["offered"]
-        self.stage_fractions = list(state["stage_fractions"])
-        self.spent = state["flops"]

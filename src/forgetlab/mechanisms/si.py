@@ -12,14 +12,12 @@ The only extra compute is element-wise, a few operations per parameter per step.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from pydantic import Field
 
 from forgetlab.mechanisms.base import TrainContext, register
-from forgetlab.mechanisms.importance import path_integral_importance, trainable
-from forgetlab.mechanisms.penalty import ImportancePenalty, Tensors
+from forgetlab.mechanisms.parts.importance import path_integral_importance, trainable
+from forgetlab.mechanisms.parts.penalty import ImportancePenalty, Tensors
 
 
 @register
@@ -28,6 +26,7 @@ class SI(ImportancePenalty):
 
     name = "si"
     decay = 1.0
+    saved = ("omega", "stage_start")
 
     class Knobs(ImportancePenalty.Knobs):
         damping: float = Field(
@@ -50,9 +49,6 @@ class SI(ImportancePenalty):
 
     def after_backward(self, ctx: TrainContext) -> None:
         params = trainable(ctx.model)
-        if any(v.device != ctx.device for v in self.omega.values()):  # resumed: state on the CPU
-            self.omega = {k: v.to(ctx.device) for k, v in self.omega.items()}
-            self.stage_start = {k: v.to(ctx.device) for k, v in self.stage_start.items()}
         own = self.penalty.gradient(params, self.knobs.lam) if self.penalty.terms else {}
         self._grad = {}
         for k, p in params.items():
@@ -75,15 +71,3 @@ class SI(ImportancePenalty):
             )
             for k, p in params.items()
         }
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            **super().state_dict(),
-            "omega": {k: v.cpu().clone() for k, v in self.omega.items()},
-            "stage_start": {k: v.cpu().clone() for k, v in self.stage_start.items()},
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.omega = dict(state["omega"])
-        self.stage_start = dict(state["stage_start"])

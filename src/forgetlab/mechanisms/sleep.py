@@ -18,9 +18,14 @@ from pydantic import Field, model_validator
 
 from forgetlab.config import RunConfig
 from forgetlab.mechanisms.base import Batch, Mechanism, StepOutput, TrainContext, register
-from forgetlab.mechanisms.buffers import Policy, SequenceBuffer
-from forgetlab.mechanisms.replay import check_capacity, commit_herding, write_stream_rows
-from forgetlab.mechanisms.sampling import GenerationKnobs, generate_sequences
+from forgetlab.mechanisms.parts.buffers import (
+    Policy,
+    SequenceBuffer,
+    check_capacity,
+    commit_herding,
+    write_stream_rows,
+)
+from forgetlab.mechanisms.parts.sampling import GenerationKnobs, generate_sequences
 
 
 @register
@@ -28,6 +33,7 @@ class Sleep(Mechanism):
     """S optimizer steps on memory samples every F stream steps."""
 
     name = "sleep"
+    saved = ("buffer", "stream_steps", "phases")
 
     class Knobs(GenerationKnobs):
         every: int = Field(50, ge=1, description="F: stream optimizer steps between sleep phases")
@@ -58,12 +64,10 @@ class Sleep(Mechanism):
         policy = knobs.policy if knobs.source == "real" else "balanced"
         pool = knobs.herding_pool or 4 * knobs.capacity
         self.buffer = SequenceBuffer(knobs.capacity, policy, pool)
-        self.device = torch.device("cpu")
         self.pending = False
         self.sleeping = False
         self.stream_steps = 0
         self.phases = 0
-        self.spent = 0.0
 
     @classmethod
     def estimate_flops(
@@ -80,7 +84,6 @@ class Sleep(Mechanism):
 
     def setup(self, ctx: TrainContext) -> None:
         check_capacity(self.knobs.capacity, self.buffer.policy, ctx, self.name)
-        self.device = ctx.device
 
     def make_batch(self, ctx: TrainContext, batch: Batch) -> Batch:
         self.pending = self.knobs.source == "real"
@@ -120,23 +123,6 @@ class Sleep(Mechanism):
             n = self.knobs.capacity // (ctx.stage + 1)
             x, y, spent = generate_sequences(ctx, ctx.stage, n, self.knobs)
             self.buffer.add(x, y, ctx.stage, ctx.generator)
-            self.spent += spent
+            self.count_flops(spent)
         elif self.buffer.policy == "herding":
-            self.spent += commit_herding(self.buffer, ctx)
-
-    def flops(self, ctx: TrainContext) -> float:
-        return self.spent
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "buffer": self.buffer.state_dict(),
-            "stream_steps": self.stream_steps,
-            "phases": self.phases,
-            "flops": self.spent,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.buffer.load_state_dict(state["buffer"], self.device)
-        self.stream_steps = state["stream_steps"]
-        self.phases = state["phases"]
-        self.spent = state["flops"]
+            self.count_flops(commit_herding(self.buffer, ctx))

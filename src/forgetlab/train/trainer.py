@@ -497,7 +497,7 @@ class Trainer:
         n_stages = len(self.stream.domains)
         self.run_dir.root.mkdir(parents=True, exist_ok=True)
         for m in self.mechanisms:
-            m.setup(self.ctx)
+            m.attach(self.ctx)
         if self.resume:
             stage0, step0 = self._restore(load_checkpoint(self.run_dir, self.model))
             log.info("resuming %s at stage %d step %d", self.run_dir.root, stage0, step0)

@@ -16,13 +16,12 @@ Zenke's surrogate c * sum Omega (theta - theta~)^2 is this penalty with lambda =
 from __future__ import annotations
 
 import abc
-from typing import Any
 
 import torch
 from pydantic import Field
 
 from forgetlab.mechanisms.base import Batch, Mechanism, StepOutput, TrainContext
-from forgetlab.mechanisms.importance import trainable
+from forgetlab.mechanisms.parts.importance import trainable
 
 Tensors = dict[str, torch.Tensor]
 
@@ -60,24 +59,20 @@ class QuadraticPenalty:
         return out
 
     def state_dict(self) -> list[dict[str, Tensors]]:
-        return [{"importance": _cpu(omega), "anchor": _cpu(anchor)} for omega, anchor in self.terms]
+        return [{"importance": omega, "anchor": anchor} for omega, anchor in self.terms]
 
-    def load_state_dict(self, state: list[dict[str, Tensors]]) -> None:
-        self.terms = [(dict(t["importance"]), dict(t["anchor"])) for t in state]
-
-    def to(self, device: torch.device) -> None:
+    def load_state_dict(
+        self, state: list[dict[str, Tensors]], device: torch.device | str = "cpu"
+    ) -> None:
         self.terms = [
-            ({k: v.to(device) for k, v in o.items()}, {k: v.to(device) for k, v in a.items()})
-            for o, a in self.terms
+            ({k: v.to(device) for k, v in t["importance"].items()},
+             {k: v.to(device) for k, v in t["anchor"].items()})
+            for t in state
         ]
 
 
 def _detached(t: Tensors) -> Tensors:
     return {k: v.detach().float().clone() for k, v in t.items()}
-
-
-def _cpu(t: Tensors) -> Tensors:
-    return {k: v.detach().cpu().clone() for k, v in t.items()}
 
 
 class ImportancePenalty(Mechanism, abc.ABC):
@@ -96,11 +91,11 @@ class ImportancePenalty(Mechanism, abc.ABC):
         )
 
     decay: float | None = 1.0
+    saved = ("penalty",)
 
     def __init__(self, knobs: Knobs) -> None:
         super().__init__(knobs)
         self.penalty = QuadraticPenalty()
-        self.extra_flops = 0.0
 
     @abc.abstractmethod
     def importance(self, ctx: TrainContext) -> Tensors:
@@ -109,8 +104,6 @@ class ImportancePenalty(Mechanism, abc.ABC):
     def loss(self, ctx: TrainContext, batch: Batch, output: StepOutput) -> dict[str, torch.Tensor]:
         if not self.penalty.terms:
             return {}
-        if next(iter(self.penalty.terms[0][1].values())).device != ctx.device:
-            self.penalty.to(ctx.device)  # after a resume the state arrives on the CPU
         return {"penalty": self.penalty.value(trainable(ctx.model), self.knobs.lam)}
 
     def on_stage_end(self, ctx: TrainContext) -> None:
@@ -118,18 +111,7 @@ class ImportancePenalty(Mechanism, abc.ABC):
             return
         omega = self.importance(ctx)
         anchor = {k: p.detach() for k, p in trainable(ctx.model).items()}
-        self.penalty.to(ctx.device)
         if self.decay is None:
             self.penalty.append(omega, anchor)
         else:
             self.penalty.fold(omega, anchor, self.decay)
-
-    def flops(self, ctx: TrainContext) -> float:
-        return self.extra_flops
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"penalty": self.penalty.state_dict(), "extra_flops": self.extra_flops}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.penalty.load_state_dict(state["penalty"])
-        self.extra_flops = state["extra_flops"]

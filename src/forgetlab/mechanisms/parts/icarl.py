@@ -1,10 +1,10 @@
 """iCaRL's parts (Rebuffi et al. 2017): herded exemplar memory, BCE + distillation, NCM.
 
-Pure pieces the class-incremental scenario (:mod:`forgetlab.mechanisms.class_incremental`)
+Pure pieces the class-incremental scenario (:mod:`forgetlab.experiments.class_incremental`)
 assembles; document 002, 2.1.2 walks through them with the numbers its tests use.
 
 * :class:`ExemplarMemory` -- a total budget K split floor(K/t) per seen class; a new class's
-  exemplars are its samples in herding order (:func:`~forgetlab.mechanisms.buffers.herding_order`,
+  exemplars are its samples in herding order (:func:`~forgetlab.mechanisms.parts.buffers.herding_order`,
   Rebuffi 2017 Alg. 4), an old class keeps the prefix P_y[0:m] (Alg. 5: no recomputation).
 * :func:`icarl_loss` -- per-class sigmoid: BCE with the true labels on the new classes plus lambda
   times BCE towards the old model's probabilities q_old on the old classes (Rebuffi 2017 Alg. 3;
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from forgetlab.mechanisms.buffers import herding_order
+from forgetlab.mechanisms.parts.buffers import herding_order
 
 
 def icarl_loss(

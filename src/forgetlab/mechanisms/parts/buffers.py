@@ -1,8 +1,10 @@
 """Replay memories: fixed-capacity stores of token sequences and the policies that fill them.
 
-Shared by every mechanism that keeps samples (``replay``, ``sleep``, ``generative_replay``), as
-Mammoth keeps its buffer in ``utils/`` rather than in a method. The selection rules are pure
-functions, tested on their own:
+Shared by every mechanism that keeps samples (``replay``, ``sleep``, ``generative_replay``,
+``latent_replay``), as Mammoth keeps its buffer in ``utils/`` rather than in a method, with what
+they do alike: writing a batch's stream rows, herding at a stage end, checking the capacity, and
+:class:`BatchReplay`, the batch mixing ``replay`` and ``generative_replay`` share. The selection
+rules are pure functions, tested on their own:
 
 * :func:`reservoir_slot` -- Vitter 1985, Algorithm R: the t-th sample is kept with probability
   min(1, K/t) into a uniformly chosen slot, so every sample seen so far is held with the same
@@ -27,7 +29,9 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from forgetlab.mechanisms.base import Batch
+from forgetlab.config import ConfigError
+from forgetlab.mechanisms.base import Batch, Mechanism, StepOutput, TrainContext
+from forgetlab.models import model_flops_per_token
 
 Policy = Literal["reservoir", "ring", "balanced", "herding", "loss"]
 PER_DOMAIN: frozenset[str] = frozenset({"balanced", "herding", "loss"})
@@ -312,3 +316,80 @@ def mix_in(batch: Batch, x_old: torch.Tensor, y_old: torch.Tensor) -> Batch:
         replayed[: b - n] = batch.replayed[keep]
     replayed[b - n :] = True
     return Batch(x, y, weights, batch.domain, replayed)
+
+
+def write_stream_rows(
+    buffer: SequenceBuffer, ctx: TrainContext, batch: Batch, output: StepOutput
+) -> None:
+    """Offer the batch's stream rows that passed any write gate, scored by their mean loss."""
+    keep = stream_rows(batch.weights, batch.replayed, batch.x.shape[0]).to(batch.x.device)
+    if keep.any():
+        scores = output.token_loss.detach().float().mean(1)[keep].cpu()
+        buffer.add(batch.x[keep], batch.y[keep], batch.domain, ctx.generator, scores)
+
+
+@torch.no_grad()
+def commit_herding(buffer: SequenceBuffer, ctx: TrainContext, batch_size: int = 64) -> float:
+    """Herd the current domain's exemplars from the buffer's pool with the current model's
+    features (mean-pooled final hidden state, as iCaRL uses the current phi); returns the forward
+    FLOPs of the feature passes."""
+    assert buffer.pool is not None
+    x, _, _ = buffer.pool.contents()
+    if len(x) == 0:
+        return 0.0
+    model = ctx.model
+    was_training = model.training
+    model.eval()
+    try:
+        feats = []
+        for i in range(0, len(x), batch_size):
+            with ctx.autocast():
+                feats.append(model.hidden(x[i : i + batch_size]).float().mean(1))
+    finally:
+        model.train(was_training)
+    buffer.commit_herding(torch.cat(feats), ctx.generator)
+    seq = x.shape[1]
+    return float(model_flops_per_token(model.config, seq)["forward"] * seq * len(x))
+
+
+def check_capacity(capacity: int, policy: str, ctx: TrainContext, who: str) -> None:
+    """Per-domain policies give floor(K / t) slots per domain: K below the number of domains would
+    leave the last domains no slot at all."""
+    n = len(ctx.stream.domains)
+    if policy in PER_DOMAIN and capacity < n:
+        raise ConfigError(
+            f"mechanism {who!r}: capacity = {capacity} with policy = {policy!r} gives "
+            f"floor({capacity}/{n}) = 0 slots per domain at the last of {n} domains; "
+            f"use capacity >= {n}"
+        )
+
+
+class BatchReplay(Mechanism):
+    """A memory whose rows replace a share of every stream batch (``replay`` keeps real rows,
+    ``generative_replay`` generated ones): the buffer, the mixing, the capacity check and the
+    saved state; a subclass decides what the memory holds."""
+
+    incompatible_reason = (
+        "both replace a share of every batch by their own memory's rows, so together they would "
+        "silently double the replayed share; choose real (replay) or generated "
+        "(generative_replay) samples"
+    )
+    saved = ("buffer",)
+
+    class Knobs(MixKnobs):
+        capacity: int = Field(256, ge=1, description="memory size in sequences")
+
+    def __init__(self, knobs: Knobs, buffer: SequenceBuffer) -> None:
+        super().__init__(knobs)
+        self.knobs: BatchReplay.Knobs = knobs
+        self.buffer = buffer
+
+    def setup(self, ctx: TrainContext) -> None:
+        check_capacity(self.knobs.capacity, self.buffer.policy, ctx, self.name)
+
+    def make_batch(self, ctx: TrainContext, batch: Batch) -> Batch:
+        n_old = round(batch.x.shape[0] * self.knobs.old_share())
+        if n_old == 0 or len(self.buffer) == 0:
+            return batch
+        x, y, _ = self.buffer.sample(n_old, ctx.generator)
+        return mix_in(batch, x, y)

@@ -15,7 +15,7 @@ per-class sigmoid head. Methods, each trained with the same optimizer and steps 
 * ``lwf`` -- cross-entropy over the seen classes on new data plus Hinton-style distillation of
   the old model's softmax over the old classes (Li & Hoiem 2017, reusing ``distillation_loss``);
 * ``icarl`` -- herded exemplars, BCE on new classes + lambda BCE distillation on old classes, and
-  nearest-class-mean classification (Rebuffi et al. 2017; :mod:`forgetlab.mechanisms.icarl`).
+  nearest-class-mean classification (Rebuffi et al. 2017; :mod:`forgetlab.mechanisms.parts.icarl`).
 
 Why not a registered mechanism: the trainer's contract is next-token prediction on one domain
 per stage, evaluated as R matrices of LM loss. Class-incremental learning changes the objective
@@ -37,7 +37,7 @@ from torch import nn
 from forgetlab.config import ModelConfig
 from forgetlab.data import Stream, fixed_windows, sample_windows
 from forgetlab.mechanisms.distillation import distillation_loss
-from forgetlab.mechanisms.icarl import ExemplarMemory, class_means, icarl_loss, ncm_predict
+from forgetlab.mechanisms.parts.icarl import ExemplarMemory, class_means, icarl_loss, ncm_predict
 from forgetlab.models import build_model
 
 Method = Literal["finetune", "er", "lwf", "icarl"]
