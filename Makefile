@@ -25,7 +25,7 @@ data: install
 # `quickstart` scale (8 groups, 1 seed, 1 order, 50 steps per stage), its report, and the plain
 # fine-tuning group's R matrices. A second `make quickstart` reuses the finished runs.
 quickstart: data
-	$(BIN)/forgetlab run experiments/cl_mechanisms.toml --scale quickstart --workers 2 --quiet --out $(QUICKSTART_OUT)
+	$(BIN)/forgetlab run cl_mechanisms --scale quickstart --workers 2 --quiet --out $(QUICKSTART_OUT)
 	$(BIN)/forgetlab report $(QUICKSTART_OUT)
 	$(BIN)/forgetlab show $(QUICKSTART_OUT) --group T0_W0_R0
 	@echo "report: $(QUICKSTART_OUT)/report.html (and report.md, analysis.json, plots/)"

@@ -79,10 +79,9 @@ def test_spec_file_errors(tmp_path):
 
 
 def test_quickstart_spec_is_valid():
-    from pathlib import Path
+    from forgetlab.specs import resolve_spec
 
-    spec = Path(__file__).resolve().parents[2] / "experiments" / "quickstart.toml"
-    cfg = load_run_config(spec)
+    cfg = load_run_config(resolve_spec("quickstart"))
     assert cfg.data.domains == ["code", "math", "medical", "legal", "dialogue"]
     assert cfg.model.n_layer == 4 and cfg.data.tokenizer == "bpe-2k"
 

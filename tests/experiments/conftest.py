@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from forgetlab.config import load_toml
+from forgetlab.specs import shipped_spec
 
-REPO = Path(__file__).resolve().parents[2]
-CL_MECHANISMS = REPO / "experiments" / "cl_mechanisms.toml"
+CL_MECHANISMS = shipped_spec("cl_mechanisms")
 
 
 @pytest.fixture(scope="session")

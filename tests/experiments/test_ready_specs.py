@@ -1,8 +1,7 @@
-"""Every ready study in ``experiments/`` loads at each of its scales, expands into runs whose
+"""Every ready study shipped in ``forgetlab/specs/`` loads at each of its scales, expands into runs whose
 configs resolve, and names mechanisms and knobs the registry accepts (a typo fails here, not an
 hour into a study)."""
 
-from pathlib import Path
 
 import pytest
 
@@ -10,8 +9,9 @@ from forgetlab.config import load_toml
 from forgetlab.experiments.design import design_groups, expand
 from forgetlab.experiments.spec import load_spec
 from forgetlab.mechanisms import build_mechanisms
+from forgetlab.specs import specs_dir
 
-SPECS = sorted((Path(__file__).resolve().parents[2] / "experiments").glob("*.toml"))
+SPECS = sorted(specs_dir().glob("*.toml"))
 CASES = [
     (path, scale)
     for path in SPECS

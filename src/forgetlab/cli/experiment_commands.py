@@ -157,7 +157,9 @@ def print_plan(plan: dict[str, Any]) -> None:
 
 
 def plan_command(
-    spec: Annotated[Path, typer.Argument(help="study spec (TOML)")],
+    spec: Annotated[
+        Path, typer.Argument(help="study spec: a TOML file, or a shipped spec's name (qk_freeze)")
+    ],
     scale: Annotated[str | None, typer.Option(help="a \\[scales.NAME] block of the spec")] = None,
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="override for every run, e.g. train.lr=3e-4")
@@ -169,9 +171,10 @@ def plan_command(
 ) -> None:
     """The study's runs with stable ids, tokens, FLOPs, wall time here, GPU-hours and cost."""
     from forgetlab.experiments import ExperimentStore, build_plan, load_spec
+    from forgetlab.specs import resolve_spec
 
     with _one_line_errors():
-        parsed, scale_name = load_spec(load_toml(spec), scale)
+        parsed, scale_name = load_spec(load_toml(resolve_spec(spec)), scale)
         parsed.overrides = [*parsed.overrides, *(overrides or [])]
         cache = ExperimentStore(out).calibration() if out else None
         plan = build_plan(parsed, scale_name, calibration_cache=cache)

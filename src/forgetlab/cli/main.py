@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from forgetlab.cli import data as data_cli
-from forgetlab.cli import experiment_commands, model_commands, report_commands
+from forgetlab.cli import experiment_commands, model_commands, report_commands, spec_commands
 
 app = typer.Typer(
     help="forgetlab: controlled experiments on forgetting in small GPT-style language models.",
@@ -29,6 +29,7 @@ app.add_typer(bench_app, name="bench")
 model_commands.register(app)
 report_commands.register(app)
 experiment_commands.register(app)
+spec_commands.register(app)
 console = Console()
 
 
@@ -62,7 +63,9 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> 
 @app.command()
 @clean_errors
 def run(
-    spec: Annotated[Path, typer.Argument(help="run spec (TOML)")],
+    spec: Annotated[
+        Path, typer.Argument(help="spec: a TOML file, or a shipped spec's name (cl_mechanisms)")
+    ],
     out: Annotated[Path | None, typer.Option(help="run directory (default results/NAME)")] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="override, e.g. train.steps_per_stage=30")
@@ -82,8 +85,10 @@ def run(
     from forgetlab.config import ConfigError, load_toml, resolve_run_config
     from forgetlab.data import prepare
     from forgetlab.mechanisms import build_mechanisms, parse_mechanism_option
+    from forgetlab.specs import resolve_spec
     from forgetlab.train import Trainer
 
+    spec = resolve_spec(spec)
     raw = load_toml(spec)
     if experiment_commands.is_experiment_spec(raw):
         if mechanism:
