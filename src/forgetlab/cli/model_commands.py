@@ -118,14 +118,26 @@ def convert_command(
     src: Annotated[str, typer.Argument(help="forgetlab checkpoint/run dir, nanoGPT ckpt, HF dir")],
     dst: Annotated[str, typer.Argument(help="output .safetensors file or directory")],
     to: Annotated[str, typer.Option("--to", help="forgetlab | hf")] = "forgetlab",
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(help="--to hf: tokenizer files to add (gpt2, bpe-N); a run dir has its own"),
+    ] = None,
+    cache_dir: Annotated[
+        str | None, typer.Option(help="--to hf: the data cache holding the tokenizer")
+    ] = None,
 ) -> None:
-    """Convert a model between forgetlab, nanoGPT (import only) and Hugging Face GPT-2."""
+    """Convert a model between forgetlab, nanoGPT (import only) and Hugging Face GPT-2.
+
+    `convert RUN_DIR DST --to hf` exports a run as a directory transformers uses as is: its final
+    checkpoint, the tokenizer it trained with, generation_config.json and a model card."""
     with _one_line_errors():
         if to not in ("forgetlab", "hf"):
             raise ConfigError(f"--to = {to!r}; allowed: ['forgetlab', 'hf']")
         target: Literal["forgetlab", "hf"] = "hf" if to == "hf" else "forgetlab"
-        written = convert(src, dst, to=target)
+        written = convert(src, dst, to=target, tokenizer=tokenizer, cache_dir=cache_dir)
     typer.echo(f"wrote {written}")
+    if target == "hf" and not (written / "tokenizer.json").exists():
+        typer.echo("note: no tokenizer files; add them with --tokenizer gpt2|bpe-N", err=True)
 
 
 def diagnosis_batch(

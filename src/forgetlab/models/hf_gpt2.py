@@ -1,5 +1,9 @@
 """Hugging Face GPT-2 directories (``config.json`` + weights): import and export.
 
+An export is a directory ``AutoTokenizer``, ``GPT2LMHeadModel`` and ``pipeline("text-generation")``
+use as is: weights, ``config.json`` and ``generation_config.json`` with the end-of-text token as
+bos/eos, and, given the run's tokenizer, its files (``tokenizer.json`` + a ``GPT2Tokenizer``
+config, plus the slow tokenizer's ``vocab.json``/``merges.txt``) and a model card.
 The files are read and written directly, so ``transformers`` is not needed at run time. GPT-2's
 ``Conv1D`` layers store weights as (in, out); ``nn.Linear`` wants (out, in), so those four
 weights are transposed both ways. Only GPT-2-expressible models are exported: standard or
@@ -15,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import ValidationError
@@ -27,6 +31,9 @@ from forgetlab.models.errors import ModelExportError, ModelLoadError
 from forgetlab.models.gpt import GPT
 from forgetlab.models.gpt2_names import forgetlab_to_gpt2_key, gpt2_to_forgetlab_state
 from forgetlab.models.nanogpt import read_torch_file
+
+if TYPE_CHECKING:
+    from forgetlab.data.tokenizers import Tokenizer
 
 CONV1D_WEIGHTS = ("c_attn.weight", "c_proj.weight", "c_fc.weight")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -41,6 +48,15 @@ _ACTIVATIONS = {
 _EXPORT_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
 _GPT2_PARTS = {"ffn": "mlp", "norm": "layernorm", "positions": "learned"}
 _GPT2_ATTENTION = ("standard", "orthogonal")
+GPT2_EOT_ID = 50256
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+)
+"""Written with a tokenizer; removed from a re-export without one (they would describe another)."""
 
 
 def is_hf_gpt2_dir(path: Path) -> bool:
@@ -126,9 +142,11 @@ def check_exportable(cfg: ModelConfig) -> None:
         )
 
 
-def hf_config_dict(cfg: ModelConfig) -> dict[str, Any]:
-    """The ``config.json`` of the GPT-2 equivalent of ``cfg``."""
-    eos = 50256 if cfg.vocab_size is not None and cfg.vocab_size > 50256 else None
+def hf_config_dict(cfg: ModelConfig, eos: int | None = None) -> dict[str, Any]:
+    """The ``config.json`` of the GPT-2 equivalent of ``cfg``; ``eos`` is the tokenizer's
+    end-of-text id (GPT-2's 50256 when unknown and the vocabulary has it)."""
+    if eos is None and cfg.vocab_size is not None and cfg.vocab_size > GPT2_EOT_ID:
+        eos = GPT2_EOT_ID
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -199,9 +217,61 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def export_hf(model: GPT, out_dir: str | Path) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` loadable by ``GPT2LMHeadModel``."""
+def generation_config_dict(eos: int | None) -> dict[str, Any]:
+    """``generation_config.json``: stop at end-of-text, pad with it (GPT-2 has no pad token)."""
+    return {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos}
+
+
+def hf_tokenizer_files(tokenizer: Tokenizer, model_max_length: int) -> dict[str, str]:
+    """The tokenizer files of an export, as ``{file name: text}``.
+
+    ``tokenizer.json`` is the tokenizer itself (HF ``tokenizers``); ``tokenizer_config.json``
+    names ``GPT2Tokenizer`` with the end-of-text token as bos, eos and unk, as GPT-2 does, no
+    added bos and no clean-up of spaces (so decoding gives back the text exactly); ``vocab.json``
+    and ``merges.txt`` are the same BPE for the slow ``GPT2Tokenizer``.
+    """
+    from forgetlab.data.tokenizers import EOT
+
+    document = tokenizer.hf_tokenizer_json()
+    bpe = json.loads(document)["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in bpe["merges"]]
+    specials = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT}
+    config = {
+        "tokenizer_class": "GPT2Tokenizer",
+        **specials,
+        "add_bos_token": False,
+        "add_prefix_space": False,
+        "clean_up_tokenization_spaces": False,
+        "errors": "replace",
+        "model_max_length": model_max_length,
+        "forgetlab_tokenizer": {"name": tokenizer.name, "sha256": tokenizer.sha256},
+    }
+    return {
+        "tokenizer.json": document,
+        "tokenizer_config.json": json.dumps(config, indent=2),
+        "special_tokens_map.json": json.dumps(specials, indent=2),
+        "vocab.json": json.dumps(bpe["vocab"], ensure_ascii=False),
+        "merges.txt": "\n".join(["#version: 0.2", *merges]) + "\n",
+    }
+
+
+def export_hf(
+    model: GPT,
+    out_dir: str | Path,
+    tokenizer: Tokenizer | None = None,
+    card: str | None = None,
+) -> Path:
+    """Write a directory ``GPT2LMHeadModel`` loads: ``model.safetensors``, ``config.json``,
+    ``generation_config.json``; with ``tokenizer`` its files (then ``AutoTokenizer`` and
+    ``pipeline("text-generation")`` load the directory as is); with ``card`` a ``README.md``."""
     check_exportable(model.config)
+    vocab = model.config.vocab_size or 0
+    if tokenizer is not None and tokenizer.vocab_size > vocab:
+        raise ModelExportError(
+            f"tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} tokens but the model's "
+            f"vocabulary is {vocab}: they do not belong together"
+        )
+    eos = tokenizer.eot_id if tokenizer is not None else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     weights = out / "model.safetensors"
@@ -212,5 +282,17 @@ def export_hf(model: GPT, out_dir: str | Path) -> Path:
         os.replace(tmp, weights)
     finally:
         tmp.unlink(missing_ok=True)
-    _atomic_write_text(out / "config.json", json.dumps(hf_config_dict(model.config), indent=2))
+    config = hf_config_dict(model.config, eos)
+    texts = {
+        "config.json": json.dumps(config, indent=2),
+        "generation_config.json": json.dumps(generation_config_dict(config["eos_token_id"]), indent=2),
+    }
+    if tokenizer is not None:
+        texts.update(hf_tokenizer_files(tokenizer, model.config.block_size))
+    if card is not None:
+        texts["README.md"] = card
+    for name, text in texts.items():
+        _atomic_write_text(out / name, text)
+    for stale in set(TOKENIZER_FILES) - set(texts):
+        (out / stale).unlink(missing_ok=True)
     return out

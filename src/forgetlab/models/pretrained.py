@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Literal
 
 from forgetlab.models.checkpoint import is_forgetlab_checkpoint, load_model, save_model
-from forgetlab.models.errors import ModelLoadError
+from forgetlab.models.errors import ModelExportError, ModelLoadError
 from forgetlab.models.gpt import GPT
 from forgetlab.models.hf_gpt2 import export_hf, is_hf_gpt2_dir, load_hf_gpt2
+from forgetlab.models.hf_run import export_run, is_run_dir, load_export_tokenizer
 from forgetlab.models.nanogpt import is_nanogpt_checkpoint, model_from_nanogpt, read_torch_file
 
 RUN_DIR_CHECKPOINTS = ("checkpoints/latest/model.safetensors", "model.safetensors")
@@ -71,16 +72,31 @@ def from_pretrained(path: str | Path) -> GPT:
     raise _unrecognised(path, "no such file or directory")
 
 
-def convert(src: str | Path, dst: str | Path, to: Literal["forgetlab", "hf"] = "forgetlab") -> Path:
+def convert(
+    src: str | Path,
+    dst: str | Path,
+    to: Literal["forgetlab", "hf"] = "forgetlab",
+    tokenizer: str | None = None,
+    cache_dir: str | None = None,
+) -> Path:
     """Load ``src`` (any accepted form) and write it as a forgetlab checkpoint or HF directory.
 
     For ``to="forgetlab"`` a ``dst`` not ending in ``.safetensors`` is taken as a directory and
     the file is ``dst/model.safetensors`` (which :func:`from_pretrained` finds again).
+    For ``to="hf"`` a forgetlab run directory exports itself: its final checkpoint, the tokenizer
+    it trained with and a model card (:func:`forgetlab.models.hf_run.export_run`); any other
+    source gets the tokenizer files of ``tokenizer`` (a name, from the data cache ``cache_dir``).
     """
-    model = from_pretrained(src)
     dst = Path(dst)
+    if to == "hf" and is_run_dir(Path(src)):
+        return export_run(src, dst, cache_dir, tokenizer)
+    if to != "hf" and (tokenizer is not None or cache_dir is not None):
+        raise ModelExportError("a tokenizer (and its cache dir) is exported with --to hf only")
+    model = from_pretrained(src)
     if to == "hf":
-        return export_hf(model, dst)
+        if tokenizer is None:
+            return export_hf(model, dst)
+        return export_hf(model, dst, load_export_tokenizer(tokenizer, cache_dir, repr(str(src))))
     if to == "forgetlab":
         return save_model(model, dst if dst.suffix == ".safetensors" else dst / "model.safetensors")
     raise ValueError(f"to = {to!r}; allowed: ['forgetlab', 'hf']")
