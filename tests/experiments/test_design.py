@@ -6,9 +6,9 @@ import copy
 
 import pytest
 
-from forgetlab.cli.experiment_commands import is_experiment_spec
 from forgetlab.config import ConfigError
 from forgetlab.experiments import design_groups, expand, load_spec
+from forgetlab.specs import is_study_spec
 
 
 def lr_depth_spec(**extra):
@@ -143,5 +143,5 @@ def test_unknown_scale_lists_the_allowed_ones(cl_raw):
 
 
 def test_is_experiment_spec_tells_studies_from_single_runs(cl_raw):
-    assert is_experiment_spec(cl_raw)
-    assert not is_experiment_spec({"name": "run", "model": {"preset": "tiny"}, "train": {}})
+    assert is_study_spec(cl_raw)
+    assert not is_study_spec({"name": "run", "model": {"preset": "tiny"}, "train": {}})

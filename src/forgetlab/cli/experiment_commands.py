@@ -1,7 +1,7 @@
 """``forgetlab plan`` and the study half of ``forgetlab run``: the experiments layer's commands.
 
 :func:`register` adds ``plan`` to the main app; ``forgetlab run`` calls :func:`run_experiment_cli`
-when :func:`is_experiment_spec` says its TOML is a study rather than a single run.
+when :func:`forgetlab.specs.is_study_spec` says its TOML is a study rather than a single run.
 """
 
 from __future__ import annotations
@@ -19,13 +19,7 @@ from rich.table import Table
 
 from forgetlab.config import ConfigError, load_toml
 
-STUDY_KEYS = ("factors", "groups", "design", "base")
 console = Console()
-
-
-def is_experiment_spec(raw: dict[str, Any]) -> bool:
-    """A study spec has factors, groups, a design or a base at its top level; a run spec has not."""
-    return any(k in raw for k in STUDY_KEYS)
 
 
 @contextmanager
@@ -37,10 +31,6 @@ def _one_line_errors() -> Iterator[None]:
     except (ConfigError, DataError) as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False)
         raise typer.Exit(2) from None
-
-
-def default_out(name: str, scale: str | None) -> Path:
-    return Path("results") / (f"{name}-{scale}" if scale else name)
 
 
 def run_experiment_cli(
@@ -55,10 +45,11 @@ def run_experiment_cli(
     """Run every run of a study spec into ``out`` (default ``results/NAME[-SCALE]``); exit code 1
     when a run failed (the others still ran, and a re-run retries only what is not finished)."""
     from forgetlab.experiments import load_spec, run_experiment
+    from forgetlab.experiments.store import default_study_dir
 
     raw = load_toml(spec)
     parsed, scale_name = load_spec(raw, scale)
-    out = out or default_out(parsed.name, scale_name)
+    out = out or default_study_dir(parsed.name, scale_name)
     summary = run_experiment(raw, out, scale, workers, executor, overrides, quiet, list(sys.argv))
     console.print(
         f"{parsed.name}: {summary['planned']} planned runs ({summary['distinct']} distinct): "

@@ -83,14 +83,13 @@ def run(
     (every run of its design, then results.parquet; see `forgetlab plan` and `forgetlab report`)."""
     from forgetlab.cli.render import print_run_summary
     from forgetlab.config import ConfigError, load_toml, resolve_run_config
-    from forgetlab.data import prepare
-    from forgetlab.mechanisms import build_mechanisms, parse_mechanism_option
-    from forgetlab.specs import resolve_spec
-    from forgetlab.train import Trainer
+    from forgetlab.mechanisms import parse_mechanism_option
+    from forgetlab.specs import is_study_spec, resolve_spec
+    from forgetlab.train.launch import default_run_dir, train_run
 
     spec = resolve_spec(spec)
     raw = load_toml(spec)
-    if experiment_commands.is_experiment_spec(raw):
+    if is_study_spec(raw):
         if mechanism:
             raise ConfigError(
                 "--mechanism applies to single runs; a study sets mechanisms in its levels"
@@ -102,18 +101,8 @@ def run(
     cfg = resolve_run_config(raw, set_)
     if mechanism:
         cfg.mechanisms = [*cfg.mechanisms, *(parse_mechanism_option(m) for m in mechanism)]
-    build_mechanisms(cfg.mechanisms)  # validate knobs before any work
-    out = out or Path("results") / cfg.name
-    trainer = Trainer(cfg, out, progress=not quiet)  # refuses a finished run dir up front
-    assert cfg.data.tokenizer is not None
-    prepare(
-        cfg.data.domains,
-        cfg.data.tokenizer,
-        cfg.data.cache_dir,
-        sources=cfg.data.sources,
-        progress=not quiet,
-    )
-    record = trainer.run()
+    out = out or default_run_dir(cfg)
+    record = train_run(cfg, out, progress=not quiet)
     print_run_summary(record, console)
     console.print(f"run directory: [bold]{out}[/]")
 

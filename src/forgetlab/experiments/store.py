@@ -35,6 +35,11 @@ EXPERIMENT_JSON = "experiment.json"
 RESULTS = "results.parquet"
 
 
+def default_study_dir(name: str, scale: str | None) -> Path:
+    """Where a study goes without ``--out``: ``results/<name>[-<scale>]``."""
+    return Path("results") / (f"{name}-{scale}" if scale else name)
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat()
 

@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from forgetlab.config.errors import ConfigError
 
 SUFFIX = ".toml"
+STUDY_KEYS = ("factors", "groups", "design", "base")
 _TOP_NAME = re.compile(r'^name\s*=\s*"[^"\n]*"[ \t]*$', re.MULTILINE)
 _TABLE = re.compile(r"^\s*\[", re.MULTILINE)
+
+
+def is_study_spec(raw: Mapping[str, Any]) -> bool:
+    """A study spec has factors, groups, a design or a base at its top level; a run spec has not."""
+    return any(k in raw for k in STUDY_KEYS)
 
 
 def specs_dir() -> Path:
