@@ -151,3 +151,22 @@ def test_a_missing_tokenizer_names_the_cache_option(trained_run, tmp_path):
 
     with pytest.raises(ModelExportError, match=r"bpe-4k.*--cache-dir"):
         convert(trained_run, tmp_path / "hf", to="hf", tokenizer="bpe-4k")
+
+
+def test_a_checkpoint_export_needs_its_tokenizer_or_says_weights_only(fixture_data, tmp_path):
+    """Without tokenizer files AutoTokenizer loads an empty GPT-2 tokenizer that encodes every
+    text to []: the command refuses that silent state unless asked for weights only."""
+    from forgetlab.models import save_model
+
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=512))
+    ckpt = save_model(model, tmp_path / "model.safetensors")
+    runner = CliRunner()
+    refused = runner.invoke(app, ["convert", str(ckpt), str(tmp_path / "a"), "--to", "hf"])
+    assert refused.exit_code == 2 and "pass --tokenizer gpt2|bpe-N" in refused.output
+    assert not (tmp_path / "a").exists()
+    args = ["--tokenizer", fixture_data.tokenizer, "--cache-dir", fixture_data.cache_dir]
+    ok = runner.invoke(app, ["convert", str(ckpt), str(tmp_path / "b"), "--to", "hf", *args])
+    assert ok.exit_code == 0, ok.output
+    check_tokenizer(tmp_path / "b", load_tokenizer(fixture_data.tokenizer, fixture_data.cache_dir))
+    bare = runner.invoke(app, ["convert", str(ckpt), str(tmp_path / "c"), "--to", "hf", "--weights-only"])
+    assert bare.exit_code == 0 and not (tmp_path / "c" / "tokenizer.json").exists()

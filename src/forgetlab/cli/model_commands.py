@@ -125,19 +125,31 @@ def convert_command(
     cache_dir: Annotated[
         str | None, typer.Option(help="--to hf: the data cache holding the tokenizer")
     ] = None,
+    weights_only: Annotated[
+        bool, typer.Option(help="--to hf from a checkpoint: no tokenizer files (on purpose)")
+    ] = False,
 ) -> None:
     """Convert a model between forgetlab, nanoGPT (import only) and Hugging Face GPT-2.
 
     `convert RUN_DIR DST --to hf` exports a run as a directory transformers uses as is: its final
-    checkpoint, the tokenizer it trained with, generation_config.json and a model card."""
+    checkpoint, the tokenizer it trained with, generation_config.json and a model card. Any other
+    source needs --tokenizer (or --weights-only): without tokenizer files, AutoTokenizer would
+    load an empty GPT-2 tokenizer that encodes every text to []."""
+    from forgetlab.models.hf_run import is_run_dir
+
     with _one_line_errors():
         if to not in ("forgetlab", "hf"):
             raise ConfigError(f"--to = {to!r}; allowed: ['forgetlab', 'hf']")
         target: Literal["forgetlab", "hf"] = "hf" if to == "hf" else "forgetlab"
+        known = tokenizer is not None or weights_only or is_run_dir(Path(src))
+        if target == "hf" and not known and Path(src).exists():
+            raise ConfigError(
+                f"{src!r} is not a run directory, so its tokenizer is unknown: pass --tokenizer "
+                "gpt2|bpe-N (the one it was trained with) so that AutoTokenizer and pipeline "
+                "work, or --weights-only for the model without one"
+            )
         written = convert(src, dst, to=target, tokenizer=tokenizer, cache_dir=cache_dir)
     typer.echo(f"wrote {written}")
-    if target == "hf" and not (written / "tokenizer.json").exists():
-        typer.echo("note: no tokenizer files; add them with --tokenizer gpt2|bpe-N", err=True)
 
 
 def diagnosis_batch(
