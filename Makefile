@@ -21,7 +21,8 @@ install: $(STAMP)
 data: install
 	$(BIN)/forgetlab data prepare --tokenizer bpe-2k --domains code,math,medical,legal,dialogue
 
-# The quickstart: document 000's 2x2x2 study (sparsity T x selective write W x sleep R) at its
+# The quickstart: the T/W/R ablation (docs/cl_mechanisms.md: sparsity T x selective write W x
+# sleep R) at its
 # `quickstart` scale (8 groups, 1 seed, 1 order, 50 steps per stage), its report, and the plain
 # fine-tuning group's R matrices. A second `make quickstart` reuses the finished runs.
 quickstart: data

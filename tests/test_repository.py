@@ -1,5 +1,6 @@
-"""The repository explains itself: its Markdown links resolve, and nothing cites a document the
-repository does not contain (docs/README.md is the index of what it does contain)."""
+"""The repository explains itself: nothing cites a document the repository does not contain (the
+source documents the lab was built from, or notes kept beside the checkout), and its Markdown links
+resolve. What the repository does contain is indexed in docs/README.md."""
 
 from __future__ import annotations
 
@@ -11,6 +12,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+# Citations of what is not in the repository: the numbered source documents the lab was built from
+# (in prose, abbreviated, plural or inside a test's name) and the notes kept beside the checkout.
+# Cite a paper or a docs/ page instead. (The patterns are split so that this file cites nothing.)
+OUTSIDE = re.compile(
+    r"(?<![a-z])doc(?:ument)?s?[ _-]?0{2}[0-9]"
+    r"|\b(?:ARCHITECTURE|FINDINGS|STYLE)\.md"
+    r"|\.\./shared\b|/work/" r"shared\b|shared/" r"seeds\b",
+    re.IGNORECASE,
+)
 
 
 def tracked_files() -> list[Path]:
@@ -23,6 +33,19 @@ def tracked_files() -> list[Path]:
     except (OSError, subprocess.CalledProcessError) as e:
         pytest.skip(f"not a git checkout ({e})")
     return [ROOT / p for p in out.split("\0") if p and (ROOT / p).is_file()]
+
+
+def outside_citations(path: Path) -> list[str]:
+    """``line: text`` of every line of ``path`` that cites a document outside the repository."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError):  # binary files cite nothing
+        return []
+    return [
+        f"{i}: {line.strip()[:120]}"
+        for i, line in enumerate(text.splitlines(), 1)
+        if OUTSIDE.search(line)
+    ]
 
 
 def anchor(heading: str) -> str:
@@ -50,6 +73,32 @@ def broken_links(page: Path) -> list[str]:
         elif fragment and dest.suffix == ".md" and fragment not in anchors(dest):
             out.append(f"{target} (no heading #{fragment})")
     return out
+
+
+def test_no_file_cites_documents_outside_the_repository():
+    files = tracked_files()
+    assert ROOT / "docs" / "README.md" in files and Path(__file__).resolve() in files
+    cited = {str(p.relative_to(ROOT)): c for p in files if (c := outside_citations(p))}
+    assert not cited, f"cite a paper or a docs/ page instead: {cited}"
+
+
+def test_every_form_of_an_outside_citation_is_caught(tmp_path):
+    number = "0" + "02"  # built here so that this file does not cite anything itself
+    lines = [
+        f"see docu{'ment'} {number}, section 2",
+        f"(doc {number} appendix)",
+        f"def test_document_{number}_worked_example():",
+        "the sign convention of ARCHITECTURE" + ".md",
+        "# FINDINGS" + ".md: unigram 6.0",
+        "(see `../" + "shared/FINDINGS" + ".md`)",
+        "/work/" + "shared/" + "seeds/000.txt",
+    ]
+    page = tmp_path / "page.py"
+    page.write_text("\n".join([*lines, "documented in docs/metrics.md (Lopez-Paz 2017)"]) + "\n")
+    assert [c.split(":")[0] for c in outside_citations(page)] == [str(i) for i in range(1, 8)]
+    binary = tmp_path / "blob.bin"
+    binary.write_bytes(b"\xff\xfe" + f"document {number}".encode("utf-16-le"))
+    assert outside_citations(binary) == []
 
 
 def test_markdown_links_resolve_to_files_and_headings():

@@ -70,7 +70,7 @@ def test_namespace_means_aliases_and_sanitised_group_names():
     assert ns["speed"]["oelm_freeze"] == pytest.approx(119.0)
 
 
-def test_document_001_hypotheses_get_verdicts_with_evidence():
+def test_oelm_hypotheses_get_verdicts_with_evidence():
     hyps = [
         {"id": "H1", "statement": "C freezes > 3M", "criterion": "frozen.oelm_freeze > 3e6"},
         {

@@ -65,7 +65,7 @@ def test_analysis_json_holds_group_stats_and_every_effect_term(synthetic_report)
     assert an["status_counts"] == {"finished": 31, "failed": 1}
 
 
-def test_markdown_record_has_document_004_sections_and_failed_run(synthetic_report):
+def test_markdown_record_has_experiment_record_sections_and_failed_run(synthetic_report):
     md = synthetic_report["markdown"].read_text()
     for heading in (
         "## Goal and hypotheses",
@@ -122,7 +122,7 @@ def test_not_an_experiment_dir_is_a_clear_config_error(tmp_path):
 
 
 def groups_experiment(root: Path) -> Path:
-    """Document 001's three groups, one run each, no results.parquet (read from run.json)."""
+    """The OELM study's three groups, one run each, no results.parquet (read from run.json)."""
     write_experiment(root, seeds=1, fail_one=False)
     meta = json.loads((root / "experiment.json").read_text())
     keep = {"T0W0R0": "A", "T0W1R0": "B", "T1W1R0": "C"}

@@ -26,7 +26,7 @@ def lr_depth_spec(**extra):
     return raw
 
 
-def test_document_000_design_expands_to_96_planned_runs(cl_raw):
+def test_tw_r_ablation_design_expands_to_96_planned_runs(cl_raw):
     spec, scale = load_spec(cl_raw, "full")  # the tiny CPU scale runs 2 of the 3 seeds
     groups = design_groups(spec)
     assert scale == "full" and len(groups) == 8

@@ -1,4 +1,4 @@
-"""The plan's arithmetic: document 000's FLOPs / GPU-hours / cost, and tokens per run."""
+"""The plan's arithmetic: the T/W/R ablation's FLOPs / GPU-hours / cost, and tokens per run."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from forgetlab.experiments import build_plan, gpu_cost, load_spec, six_nd
 from forgetlab.experiments.spec import GPU, Plan
 
 
-def test_document_000_arithmetic_comes_out():
+def test_ablation_cost_arithmetic_comes_out():
     flops = six_nd(124e6, 1e9)
     assert flops == pytest.approx(7.44e17)
-    a100 = Plan().gpus[0]  # the default reference GPU is document 000's
+    a100 = Plan().gpus[0]  # the default reference GPU is the ablation's
     assert a100.effective_flops == pytest.approx(1.5e14)
     one = gpu_cost(flops, a100)
     assert one["seconds"] == pytest.approx(4960.0)
@@ -26,8 +26,8 @@ def test_cost_scales_with_utilisation_and_price():
     assert res["seconds"] == pytest.approx(3600.0) and res["cost"] == pytest.approx(4.0)
 
 
-def test_full_scale_plan_reproduces_document_000(cl_raw):
-    # document 000's own count: 8 groups x 3 seeds, one order, one budget = 24 runs
+def test_full_scale_plan_reproduces_the_ablation_costing(cl_raw):
+    # the ablation's own count: 8 groups x 3 seeds, one order, one budget = 24 runs
     cl_raw["scales"]["full"].update(
         budgets=["same_shape"], orders={"forward": ["code", "math", "medical", "legal", "dialogue"]}
     )

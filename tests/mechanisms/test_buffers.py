@@ -1,4 +1,4 @@
-"""Replay memories: each storage policy, herding on document 002's worked example, mixing."""
+"""Replay memories: each storage policy, herding on the iCaRL worked example, mixing."""
 
 import pytest
 import torch
@@ -28,13 +28,13 @@ def held(buf, domain=None):
     return x[:, 0].tolist() if len(x) else []
 
 
-# document 002, section 2.1.2: 2-D features of classes A, B (stage 1) and C (stage 2)
+# docs/methods.md, the worked example: 2-D features of classes A, B (stage 1) and C (stage 2)
 A = [(0, 0), (1, 0), (0, 1), (1, 1), (2, 2)]
 B = [(3, 3), (3, 2), (2, 3), (4, 4), (2, 2)]
 C = [(-1, -1), (-1, 0), (0, -1), (-2, -2), (0, 0)]
 
 
-def test_herding_reproduces_document_002_worked_example():
+def test_herding_reproduces_the_icarl_worked_example():
     # by hand, target_k = k * mu - sum of picks: A (mu = (0.8, 0.8)) -> (1,1) [d2=.08], then
     # target (.6,.6): (1,0) and (0,1) tie at .52, the first listed wins -> (1,0); target (.4,1.4)
     # -> (0,1) [.32]; target (1.2,1.2) -> (2,2) [1.28 < 2.88]

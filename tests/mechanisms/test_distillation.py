@@ -1,4 +1,4 @@
-"""Distillation: document 002's worked example, T^2 scaling, masks, LwF's loss mix, Trainer runs."""
+"""Distillation: the iCaRL worked example, T^2 scaling, masks, LwF's loss mix, Trainer runs."""
 
 import contextlib
 import math
@@ -22,8 +22,8 @@ def bernoulli_logits(*probs):
     return torch.log(torch.tensor([[p, 1 - p] for p in probs]))
 
 
-def test_document_002_single_sample_distillation_example():
-    # doc 002, iCaRL stage 2: old model q_A = 0.9, q_B = 0.1; new model p_A = 0.8, p_B = 0.15
+def test_single_sample_distillation_of_the_worked_example():
+    # the worked example, stage 2: old model q_A = 0.9, q_B = 0.1; new model p_A = 0.8, p_B = 0.15
     # L = -[0.9 log 0.8 + 0.1 log 0.2] - [0.1 log 0.15 + 0.9 log 0.85]
     #   = 0.36177299 + 0.33597904 = 0.69775202 (by hand)
     student = bernoulli_logits(0.8, 0.15, 0.05)

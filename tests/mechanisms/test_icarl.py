@@ -1,4 +1,4 @@
-"""iCaRL's parts: document 002's worked example (herding, truncation, NCM) and BCE +
+"""iCaRL's parts: the worked example of docs/methods.md (herding, truncation, NCM) and BCE +
 distillation on its hand case (the scenario that assembles them is tested in
 tests/experiments/test_class_incremental.py)."""
 
@@ -18,11 +18,11 @@ def memory_means(memory):
     return class_means(dict(memory.exemplars))
 
 
-def test_document_002_worked_example_memory_means_and_ncm_predictions():
+def test_worked_example_memory_means_and_ncm_predictions():
     memory = ExemplarMemory(8)
     m = memory.quota(2)  # stage 1: classes A, B -> floor(8 / 2) = 4
     for label, feats in ((0, A), (1, B)):
-        memory.add_class(label, feats, feats, m)  # the doc's features are the samples
+        memory.add_class(label, feats, feats, m)  # the example's features are the samples
     assert memory.exemplars[0].tolist() == [[1, 1], [1, 0], [0, 1], [2, 2]]
     assert memory.exemplars[1].tolist() == [[3, 3], [3, 2], [2, 3], [4, 4]]
     classes, means = memory_means(memory)
@@ -43,7 +43,7 @@ def test_document_002_worked_example_memory_means_and_ncm_predictions():
     assert dist[1, 2].item() == pytest.approx(0.141, abs=5e-4)
 
 
-def test_bce_and_distillation_on_document_002s_single_sample():
+def test_bce_and_distillation_on_the_worked_single_sample():
     logit = lambda p: math.log(p / (1 - p))  # noqa: E731
     logits = torch.tensor([[logit(0.8), logit(0.15), logit(0.05)]], dtype=torch.float64)
     q_old = torch.tensor([[0.9, 0.1, 0.0]], dtype=torch.float64)

@@ -1,5 +1,6 @@
-"""The swappable parts of documents 001, 004 and 002: orthogonal frozen Q/K, RoPE, GQA, KV-cache
-generation, the memory layer, MoE routing and losses, structured sparsity, FLOPs, diagnose."""
+"""The swappable parts of the OELM, memory-layer and methods studies: orthogonal frozen Q/K,
+RoPE, GQA, KV-cache generation, the memory layer, MoE routing and losses, structured sparsity,
+FLOPs, diagnose."""
 
 from __future__ import annotations
 

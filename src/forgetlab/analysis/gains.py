@@ -1,6 +1,7 @@
 """Marginal-gain curves: what each level of a factor buys in the primary metric per extra FLOP.
 
-Document 000 asks for "the marginal-gain curve of every mechanism" and "gain per unit of FLOPs".
+The T/W/R ablation (docs/cl_mechanisms.md) asks for the marginal-gain curve of every mechanism and
+the gain per unit of FLOPs.
 For a factor with levels l_0, l_1, ... (listed order; l_0 is the reference), averaging over the
 other factors: ``gain_i`` = improvement of the primary metric at l_i over l_0 (sign-adjusted so that
 positive is better), ``extra_flops_i`` = mean training FLOPs at l_i minus at l_0, and the marginal

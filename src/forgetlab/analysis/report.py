@@ -1,4 +1,4 @@
-"""The experiment record (document 004's shape): analysis.json, report.md, report.html, plots/.
+"""The experiment record (docs/memory_ffn.md): analysis.json, report.md, report.html, plots/.
 
 Sections, in order: summary; goal and hypotheses; pre-registration (hash, change flag); configuration
 (factors, groups, shared config, per-group differences); environment and git state; command lines;

@@ -1,11 +1,11 @@
-"""Group statistics: mean, spread and 95% intervals of every metric, and document 000's stability.
+"""Group statistics: mean, spread and 95% intervals of every metric, and their stability.
 
 Two intervals per group and metric, because they fail differently: the t interval assumes roughly
 normal run-to-run noise and is exact for it; the percentile bootstrap assumes nothing about the
 shape but is too narrow with the handful of seeds an experiment affords. Both need n >= 2; with one
 run the interval is None (never a zero-width interval that would look like certainty).
 
-Stability (document 000, "stability metrics"):
+Stability (docs/metrics.md, the T/W/R ablation's stability metrics):
 
 * seed variance: the pooled within-(group, order) variance over seeds, i.e. run-to-run noise when
   only the seed changes;

@@ -1,8 +1,10 @@
 """Model presets: named shapes that fill every model field a spec does not set.
 
-``micro`` is for tests (seconds), ``tiny`` for the CPU quickstart (sized from FINDINGS.md: 4 layers,
-192 wide, context 128, a 2k BPE), ``small`` is document 001's model, ``minimind-26m`` document 004's
-baseline (MiniMind2-small) and ``gpt2-124m`` document 000's backbone. Each preset also names the tokenizer it is meant for; a spec may override either.
+``micro`` is for tests (seconds), ``tiny`` for the CPU quickstart (sized by the measurements in
+docs/sizing.md: 4 layers, 192 wide, context 128, a 2k BPE), ``small`` is the OELM study's model
+(docs/qk_freeze.md), ``minimind-26m`` the memory-layer study's baseline (MiniMind2-small,
+docs/memory_ffn.md) and ``gpt2-124m`` the T/W/R ablation's backbone (docs/cl_mechanisms.md).
+Each preset also names the tokenizer it is meant for; a spec may override either.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ PRESETS: dict[str, Preset] = {
             "small",
             "gpt2",
             dict(n_layer=6, n_head=8, n_embd=512, d_ff=2048, block_size=512),
-            "document 001: 6 layers, d_model 512, 8 heads, d_ff 2048, context 512",
+            "qk_freeze's model: 6 layers, d_model 512, 8 heads, d_ff 2048, context 512",
         ),
         Preset(
             "minimind-26m",
@@ -47,13 +49,13 @@ PRESETS: dict[str, Preset] = {
                 n_layer=8, n_head=8, n_kv_head=2, n_embd=512, d_ff=1408, block_size=512,
                 bias=False, norm="rmsnorm", positions="rope", rope_theta=1e6, ffn="swiglu",
             ),
-            "document 004's baseline, MiniMind2-small: RMSNorm, RoPE, SwiGLU, GQA 8/2, ~25.8M",
+            "memory_ffn's baseline, MiniMind2-small: RMSNorm, RoPE, SwiGLU, GQA 8/2, ~25.8M",
         ),
         Preset(
             "gpt2-124m",
             "gpt2",
             dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
-            "document 000's backbone: GPT-2 small",
+            "cl_mechanisms' backbone: GPT-2 small",
         ),
     ]
 }

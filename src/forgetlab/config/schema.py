@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 STREAM_DOMAINS: tuple[str, ...] = ("code", "math", "medical", "legal", "dialogue")
-"""Document 000's domain stream, in its order."""
+"""The T/W/R ablation's domain stream, in its order (docs/cl_mechanisms.md)."""
 
 
 class _Strict(BaseModel):
@@ -44,7 +44,7 @@ class MoEConfig(_Strict):
 
 
 class MemoryConfig(_Strict):
-    """Knobs of ``model.ffn = "memory"`` (document 004; product keys: Lample 2019, He 2024)."""
+    """Knobs of ``model.ffn = "memory"`` (docs/memory_ffn.md; product keys, Lample 2019)."""
 
     knowledge_num: int = Field(1024, ge=4, description="entries; a perfect square (product keys)")
     knowledge_length: int = Field(4, ge=1, description="rows per entry")
@@ -92,7 +92,7 @@ class ModelConfig(_Strict):
     attention: Literal["orthogonal", "standard"] = "standard"
     freeze_qk: bool = Field(
         True,
-        description="attention = 'orthogonal' only: Q/K stored as buffers (document 001, OELM); "
+        description="attention = 'orthogonal' only: Q/K stored as buffers (docs/qk_freeze.md); "
         "false keeps the orthogonal init trainable",
     )
     qk_init: Literal["per_head", "whole"] = Field(
@@ -103,7 +103,7 @@ class ModelConfig(_Strict):
     positions: Literal["learned", "rope"] = "learned"
     rope_theta: float = Field(10000.0, gt=0, description="RoPE base (Su 2021); MiniMind 1e6")
     sparsity: Literal["2:4", "block", "none"] = Field(
-        "none", description="fixed masks on the blocks' linear weights (document 000's T)"
+        "none", description="fixed masks on the blocks' linear weights (the T/W/R ablation's T)"
     )
     sparsity_block: int = Field(16, ge=1, description="block = 'block': square block side")
     sparsity_density: float = Field(0.5, gt=0, le=1, description="block: share of blocks kept")

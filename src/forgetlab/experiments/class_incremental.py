@@ -2,9 +2,9 @@
 
 Classes are the stream's text domains (code, math, medical, legal, dialogue, books); a sample is a
 window of one domain's tokens labelled with that domain. Classes arrive in groups (``arrivals``,
-document 002's 2 + 1 + 1 + ...); after each increment every method classifies test windows of all
-classes seen so far, without a task ID, and the score is the average incremental accuracy, the mean
-of those accuracies over the increments (Rebuffi et al. 2017, sec. 4).
+2 + 1 + 1 + ... as in docs/methods.md); after each increment every method classifies test windows
+of all classes seen so far, without a task ID, and the score is the average incremental accuracy,
+the mean of those accuracies over the increments (Rebuffi et al. 2017, sec. 4).
 
 The GPT is the feature extractor phi(x) = mean over positions of its final hidden state, with a
 per-class sigmoid head. Methods, each trained with the same optimizer and steps per increment:

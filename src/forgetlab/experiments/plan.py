@@ -1,10 +1,11 @@
 """The plan: runs, tokens, FLOPs, wall time here and GPU-hours and cost on reference GPUs.
 
 FLOPs come from the same accountant a run uses (model FLOPs per token x tokens, attention
-included, plus mechanism extras from ``budgets``); the document-style ``6ND`` (N = all parameters,
-D = training tokens) is shown beside them so a proposal's arithmetic can be checked: document 000
-has 6 x 124M x 1B = 7.44e17 FLOPs, 4,960 s per run at an effective 150 TFLOP/s, and 24 runs =
-33.07 GPU-hours (it rounds 4,960 s up to 1.4 h, hence its 33.6).
+included, plus mechanism extras from ``budgets``); the proposal-style ``6ND`` (N = all parameters,
+D = training tokens) is shown beside them so a proposal's arithmetic can be checked: the T/W/R
+ablation (docs/cl_mechanisms.md) has 6 x 124M x 1B = 7.44e17 FLOPs, 4,960 s per run at an
+effective 150 TFLOP/s, and 24 runs = 33.07 GPU-hours (it rounds 4,960 s up to 1.4 h, hence its
+33.6).
 
 Wall time on this machine uses a measured throughput: a few steps of the reference group through
 the trainer's own step (``forgetlab.train.bench``) when one step is cheap and the data is

@@ -5,7 +5,7 @@ which level combinations become groups, seeds, named domain orders, budgets, a p
 block and ``[scales.NAME]`` patches. A scale patch is merged onto the spec itself (so a scale may
 change ``base``, ``seeds``, ``orders`` or anything else); ``--scale`` picks one.
 
-Example (document 000's design, abridged)::
+Example (the T/W/R ablation's design, abridged; docs/cl_mechanisms.md)::
 
     name = "cl_mechanisms"
     seeds = [0, 1, 2]
@@ -86,15 +86,16 @@ class GPU(_Strict):
         return self.peak_flops * self.utilisation
 
 
-def _document_000_gpu() -> list[GPU]:
-    # Document 000: A100 at a conservative effective 150 TFLOP/s (of 312 dense bf16), $2/hour.
+def _reference_a100() -> list[GPU]:
+    # The T/W/R ablation's costing (docs/cl_mechanisms.md): A100 at a conservative effective
+    # 150 TFLOP/s (of 312 dense bf16), $2/hour.
     return [GPU(name="A100", peak_flops=312e12, utilisation=150 / 312, price_per_hour=2.0)]
 
 
 class Plan(_Strict):
     """Cost-estimate assumptions, stated in the spec so the plan shows where its numbers come from."""
 
-    gpus: list[GPU] = Field(default_factory=_document_000_gpu)
+    gpus: list[GPU] = Field(default_factory=_reference_a100)
     assumed_mfu: float = Field(
         0.3, gt=0, le=1, description="used when no benchmark can be run: peak x this"
     )

@@ -3,7 +3,7 @@
 Learning without Forgetting (Li & Hoiem 2017) keeps the outputs on *new* data close to those of
 the frozen pre-domain model, so no old data is stored. Per token, with temperature T
 (Hinton et al. 2015, sec. 2: the T^2 factor keeps the soft-target gradients on the scale of the
-hard-target ones when T changes), averaged over the valid tokens m[b, t] (doc 002, 2.2.2):
+hard-target ones when T changes), averaged over the valid tokens m[b, t] (docs/methods.md):
 
     L_distill = T^2 / N_eff * sum_{b,t} m[b,t] * KL(p_tea^T(b,t) || p_stu^T(b,t))
 
@@ -11,13 +11,14 @@ hard-target ones when T changes), averaged over the valid tokens m[b, t] (doc 00
 gradient, it differs by the teacher's entropy, a constant). A token is valid when its loss weight
 (``Batch.weights``, e.g. from selective write) is positive; without weights every token is.
 
-``lwf`` trains on alpha * L_distill + (1 - alpha) * L_sup (doc 002's total loss). The trainer
-already adds L_sup, the weighted token mean of the cross-entropy, so the hook returns
+``lwf`` trains on alpha * L_distill + (1 - alpha) * L_sup (Li & Hoiem 2017's
+lambda_o L_old + L_new times 1 - alpha, with lambda_o = alpha / (1 - alpha)). The trainer already
+adds L_sup, the weighted token mean of the cross-entropy, so the hook returns
 alpha * L_distill - alpha * L_sup, recomputed from the same per-token losses: the sum is exact.
 (Scaling ``Batch.weights`` by 1 - alpha would do nothing, because the trainer normalises by the
-sum of the weights.) ``kl_to_old`` is Lifelong-MoE's stabiliser (Chen et al. 2023; doc 002,
-2.3.3): L_sup + lambda * KL(old || new), at T = 1 by default. Both start at the second domain:
-before it the teacher would be the random initialisation.
+sum of the weights.) ``kl_to_old`` is Lifelong-MoE's stabiliser (Chen et al. 2023):
+L_sup + lambda * KL(old || new), at T = 1 by default. Both start at the second domain: before
+it the teacher would be the random initialisation.
 """
 
 from __future__ import annotations

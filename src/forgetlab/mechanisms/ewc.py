@@ -2,15 +2,16 @@
 
 After each domain, the diagonal Fisher of the model's log-likelihood on that domain's training
 text measures how much each weight matters to it; later domains pay
-(lambda / 2) * sum_i F_i (theta_i - theta*_i)^2 for moving it (Kirkpatrick eq. 3; doc 002
-section 2.2.1). The Fisher is the mean of *per-sample* squared scores (``importance.py``).
+(lambda / 2) * sum_i F_i (theta_i - theta*_i)^2 for moving it (Kirkpatrick eq. 3;
+docs/methods.md). The Fisher is the mean of *per-sample* squared scores (``importance.py``).
 
 A sample is one training window; its log-likelihood is the sum of its next-token log-probs, and
 the Fisher is divided by the window length so that it is a per-token quantity, on the scale of
 the trainer's token-mean loss (lambda then means the same at any context length). With
 ``fisher = "sampled"`` (default) the next tokens are drawn from the model itself, giving the true
-Fisher that EWC's Laplace argument needs; ``"empirical"`` uses the data's tokens, as document 002
-does (the empirical Fisher, a different matrix away from the optimum: Kunstner et al. 2019).
+Fisher that EWC's Laplace argument needs; ``"empirical"`` uses the data's tokens, as many
+implementations do (the empirical Fisher, a different matrix away from the optimum: Kunstner
+et al. 2019).
 
 ``ewc`` keeps one penalty term per finished domain, each anchored at that domain's end;
 ``online_ewc`` keeps one term, F <- gamma * F + F_new anchored at the latest domain's end

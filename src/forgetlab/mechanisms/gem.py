@@ -2,7 +2,7 @@
 
 Both keep a small episodic memory of training windows per finished domain and, at every step,
 change the gradient g so that, to first order, the update does not increase the loss on the
-memories (doc 002, 2.2.3).
+memories (Lopez-Paz & Ranzato 2017, sec. 3).
 
 GEM: with G the matrix of the memories' gradients (one row per past domain), project g onto
 {g' : G g' >= 0} by solving the dual of min 1/2 ||g' - g||^2 (Lopez-Paz eq. 10-11):

@@ -3,7 +3,7 @@
 The hidden state after block ``layer`` (1-based: ``layer = 1`` cuts after the first block) is
 stored with its next-token targets, and each step of a later stage replays ``replay_rows`` stored
 sequences through ``blocks[layer:]``, the final norm and the head, adding ``weight`` times their
-mean token cross-entropy to the loss (document 002, 2.1: store intermediate features instead of
+mean token cross-entropy to the loss (Pellegrini 2020: store intermediate features instead of
 samples). The layers below the cut -- token and position embeddings and ``blocks[:layer]`` -- are
 frozen after stage 1, so an activation stored once stays the one the lower stack computes; with
 tied embeddings the LM head *is* the token embedding and freezes with it.

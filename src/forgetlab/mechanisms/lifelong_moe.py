@@ -1,12 +1,12 @@
 """Lifelong-MoE (Chen et al. 2023, "Lifelong Language Pretraining with Distribution-Specialized
-Experts"; document 002 section 2.3.3) on an MoE model (``model.ffn = "moe"``).
+Experts"; docs/methods.md) on an MoE model (``model.ffn = "moe"``).
 
 At every stage after the first, each MoE layer gains ``new_experts`` experts, copied from the
 existing ones plus small noise with their router rows copied; the old experts and their router rows
 are frozen (requires_grad False: no gradient, no weight decay, bit-identical from then on); top-k
 stays, so FLOPs per token stay flat. A KL(old || new) term to a frozen copy of the model taken at
 stage start keeps the output distribution from drifting:
-L = LM + kl_weight * E_x[KL(M_old(x) || M_new(x))] (document 002's equation, per token, mean).
+L = LM + kl_weight * E_x[KL(M_old(x) || M_new(x))] (Chen et al. 2023; per token, mean).
 
 The expert blocks of all stages are allocated at ``setup`` (inactive until their stage), so the
 model's layout and the optimizer's parameter groups are fixed from the first step and a run resumed

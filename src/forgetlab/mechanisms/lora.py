@@ -3,8 +3,8 @@
 Each targeted ``nn.Linear`` W gets, per domain d, an update dW_d = (alpha / r) B_d A_d with
 A_d (r x in) drawn like a Linear's weight (Kaiming-uniform, bound 1/sqrt(in)) and B_d (out x r)
 zero, so an adapter starts as the identity update (Hu 2021, sec. 4.1). Only domain s's adapter
-trains in stage s; every base weight and older adapter is frozen (document 002, 2.3: "one LoRA
-per domain, almost zero forgetting"). Domain j is evaluated with adapter j (task-ID routing); a
+trains in stage s; every base weight and older adapter is frozen (one LoRA per domain: almost
+zero forgetting by construction). Domain j is evaluated with adapter j (task-ID routing); a
 domain not trained yet uses the newest adapter, i.e. the model as it stands, so R's upper
 triangle is forward transfer as for every other mechanism. With ``merge`` evaluation folds the
 adapter into the weights (W + dW, restored bit for bit afterwards), as deployed LoRA does.

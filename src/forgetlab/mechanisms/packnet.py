@@ -1,7 +1,7 @@
 """PackNet (Mallya & Lazebnik 2018): one network, one pruned sub-network per domain.
 
 After training domain t, each weight matrix keeps the ``keep`` fraction of its still-free weights
-with the largest magnitude (per-layer threshold, doc 002 2.3.1: M = 1{|W| >= tau}); those become
+with the largest magnitude (per-layer threshold, M = 1{|W| >= tau}); those become
 domain t's and are frozen; the other free weights are zeroed (pruned), optionally the kept ones are
 re-trained for ``retrain_steps`` with the pruned ones held at zero (the paper's post-pruning
 fine-tuning), and at the next domain's start the free weights are re-initialised and trained.

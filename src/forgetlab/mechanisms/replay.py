@@ -1,8 +1,8 @@
 """Experience replay (ER): rehearse stored stream samples inside every new batch.
 
 Chaudhry et al. 2019 ("On tiny episodic memories in continual learning"): a small memory of past
-samples, mixed into each batch of new data, is a strong baseline against forgetting (document 002,
-section 2.1.2). Here a share of each batch's rows is replaced by memory rows (the shape and so the
+samples, mixed into each batch of new data, is a strong baseline against forgetting (see
+docs/methods.md). Here a share of each batch's rows is replaced by memory rows (the shape and so the
 FLOPs of a step do not change), and the stream rows are offered to the memory under one of the
 policies of :mod:`forgetlab.mechanisms.parts.buffers`. Rows are written after the forward pass, from
 the ``loss`` hook, so the loss policy reuses the step's own per-token losses and a selective-write

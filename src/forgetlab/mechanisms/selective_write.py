@@ -1,4 +1,5 @@
-"""Selective write: only surprising or uncertain data updates the weights (document 000's W).
+"""Selective write: only surprising or uncertain data updates the weights (the T/W/R ablation's W,
+docs/cl_mechanisms.md).
 
 Before each micro-batch the current model scores every stream token: surprise is its negative
 log-likelihood, uncertainty the entropy of the predictive distribution. A token (or, with

@@ -1,12 +1,14 @@
-"""Sleep: offline consolidation phases on memory samples only (document 000's mechanism R).
+"""Sleep: offline consolidation phases on memory samples only (the T/W/R ablation's R,
+docs/cl_mechanisms.md).
 
 Every ``every`` (F) optimizer steps on the stream, the model takes ``steps`` (S) extra optimizer
 steps on batches drawn only from its memory -- no new data -- as a fixed-frequency "sleep" replay.
-Document 000 fixes one recipe per run (risk 2): the memory holds either real stream samples (kept
-by a buffer policy, offered after each step's forward pass like ``replay``) or text the model
-generated at each stage end (as in ``generative_replay``; then the first stage has no memory yet
-and sleeps only from the second stage on). The extra steps go through ``ctx.extra_step``, which
-the trainer counts as training FLOPs; :meth:`flops` adds only generation and herding passes.
+The ablation fixes one recipe per run, so that replay variants do not confound it: the memory
+holds either real stream samples (kept by a buffer policy, offered after each step's forward pass
+like ``replay``) or text the model generated at each stage end (as in ``generative_replay``; then
+the first stage has no memory yet and sleeps only from the second stage on). The extra steps go
+through ``ctx.extra_step``, which the trainer counts as training FLOPs; :meth:`flops` adds only
+generation and herding passes.
 """
 
 from __future__ import annotations

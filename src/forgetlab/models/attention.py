@@ -1,5 +1,5 @@
 """Causal self-attention (``model.attention``): GPT-2's, optionally grouped-query, with a KV cache
-for generation, and document 001's orthogonal frozen Q/K ("OELM") as a sibling class."""
+for generation, and the orthogonal frozen Q/K ("OELM", docs/qk_freeze.md) as a sibling class."""
 
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def orthogonal_rows(out_features: int, in_features: int, blocks: int) -> torch.T
 
 @ATTENTION.register("orthogonal")
 class OrthogonalAttention(CausalSelfAttention):
-    """Document 001's OELM attention: Q and K projections initialised orthogonal and, with
+    """OELM attention (docs/qk_freeze.md): Q and K projections initialised orthogonal and, with
     ``model.freeze_qk``, stored as buffers so no optimizer ever sees them (the ELM idea of a fixed
     random projection; frozen Q/K save their weight gradients, see ``flops.py``).
 

@@ -106,8 +106,9 @@ def refuse_frozen_overwrite(
 ) -> None:
     """Raise :class:`ModelLoadError` naming every frozen tensor that ``state`` would change.
 
-    Document 001's failure: a checkpoint loaded into an OELM model silently replaced its frozen
-    orthogonal Q/K. Call before ``load_state_dict`` when the model's frozen tensors are the truth.
+    The OELM failure (docs/qk_freeze.md): a checkpoint loaded into an OELM model silently
+    replaced its frozen orthogonal Q/K. Call before ``load_state_dict`` when the model's frozen
+    tensors are the truth.
     """
     changed = [
         name

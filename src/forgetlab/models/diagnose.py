@@ -1,6 +1,6 @@
-"""``forgetlab diagnose``: prove that what should be frozen is frozen (document 001, phase 1).
+"""``forgetlab diagnose``: prove that what should be frozen is frozen (docs/qk_freeze.md, phase 1).
 
-Document 001's OELM run reported "freezing not enabled" without saying why: the frozen Q/K could
+An earlier OELM run reported "freezing not enabled" without saying why: the frozen Q/K could
 have been a parameter, been changed by the optimizer, or been overwritten at checkpoint load. The
 checks here name the tensor at fault for each of those:
 

@@ -9,7 +9,7 @@ The files are read and written directly, so ``transformers`` is not needed at ru
 weights are transposed both ways. Only GPT-2-expressible models are exported: standard or
 orthogonal attention without grouped K/V, GELU MLP, LayerNorm, learned positions. What GPT-2
 computes the same way is translated: a model without biases is written with zero biases;
-document 001's orthogonal Q/K (frozen buffers or trainable) are ordinary Q/K weights to GPT-2, so
+OELM's orthogonal Q/K (frozen buffers or trainable) are ordinary Q/K weights to GPT-2, so
 ``q_weight``, ``k_weight`` and ``c_v`` are fused into ``c_attn`` (zero Q/K biases); a sparse
 model's masked weights are already zero, so its ``weight_mask`` buffers are dropped.
 """

@@ -1,4 +1,4 @@
-"""Memory layer in place of the FFN (``model.ffn = "memory"``, document 004).
+"""Memory layer in place of the FFN (``model.ffn = "memory"``, docs/memory_ffn.md).
 
 A trainable bank of ``knowledge_num`` entries, each ``knowledge_length`` rows of ``knowledge_dim``.
 Per token a gate picks ``num_selected`` entries with product keys (Lample et al. 2019; He 2024,
@@ -11,11 +11,12 @@ The token then cross-attends to the selected entries' rows, with the gate's soft
 entries as a prior: attention logit of row l of entry j = q . e_jl / sqrt(D) + log g_j, one
 softmax over all k * L rows. The key and value projections are folded into the query and output
 projections (q . W_k e = (W_k^T q) . e and sum a W_v e = W_v sum a e), so only the gathered rows
-themselves are materialised: (tokens, k, L, D), never the bank per token (document 004's version
-needed 20 GB against the baseline's 1.5 GB). Gradients reach bank, sub-keys and gate.
+themselves are materialised: (tokens, k, L, D), never the bank per token (the record in
+docs/memory_ffn.md needed 20 GB against the baseline's 1.5 GB). Gradients reach bank,
+sub-keys and gate.
 
 The layer is position-wise, so a KV cache of the attention layers stays exact: the model generates
-with the cache; ``use_cache=False`` gives document 004's cache-free generation.
+with the cache; ``use_cache=False`` gives the earlier record's cache-free generation.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class MemoryLayer(nn.Module):
 
 
 def init_memory_from_tokens(model: nn.Module, tokens: torch.Tensor) -> int:
-    """Initialise every memory layer's bank from a 1-D tensor of token ids (document 004's
+    """Initialise every memory layer's bank from a 1-D tensor of token ids (the earlier record's
     "database init"): entry i holds window i of the text (repeated when the text is short),
     embedded by the model's token embedding. Returns the number of layers initialised."""
     layers = [m for m in model.modules() if isinstance(m, MemoryLayer)]

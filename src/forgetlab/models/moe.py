@@ -1,11 +1,11 @@
-"""Mixture-of-experts FFN (``model.ffn = "moe"``, document 002 section 2.3.2).
+"""Mixture-of-experts FFN (``model.ffn = "moe"``, docs/methods.md).
 
 A router scores each token against E experts; the token goes to its top-k (k = 1 or 2) with the
-probabilities renormalised over the chosen k (Shazeer et al. 2017, eq. 3-5; the document's
-alpha_e). Training adds Shazeer's noisy gating, logits + softplus(W_noise x) * N(0, 1), and caps each
-expert at C = capacity_factor * k * tokens / E slots (Fedus et al. 2021, Switch, section 2.2):
-an assignment past capacity is dropped (the residual carries the token) or rerouted to its next
-choice with room. Evaluation and generation use neither noise nor capacity, so a token's output
+probabilities renormalised over the chosen k (Shazeer et al. 2017, eq. 3-5). Training adds
+Shazeer's noisy gating, logits + softplus(W_noise x) * N(0, 1), and caps each expert at
+C = capacity_factor * k * tokens / E slots (Fedus et al. 2021, Switch, section 2.2): an assignment
+past capacity is dropped (the residual carries the token) or rerouted to its next choice with
+room. Evaluation and generation use neither noise nor capacity, so a token's output
 does not depend on the rest of the batch and a KV cache stays exact.
 
 Dispatch is grouped by expert with no Python loop over tokens: assignments are scattered into an
@@ -15,7 +15,7 @@ Auxiliary losses, left in ``self.aux`` at every forward for the trainer (``GPT.a
 * balance, ``switch``: coef * E * sum_i f_i P_i, f_i the fraction of the k*N routed slots choosing
   expert i, P_i its mean router probability (Switch eq. 4-6; = coef when perfectly uniform);
   ``cv2``: coef * (CV(importance)^2 + CV(load)^2), importance the summed gate weights and load the
-  routed counts per expert (Shazeer 2017, section 4; the document's CV^2 form);
+  routed counts per expert (Shazeer 2017, section 4: the CV^2 form);
 * z-loss: z_coef * mean over tokens of logsumexp(router logits)^2 (Zoph et al. 2022, ST-MoE eq. 5).
 
 Experts are stored in blocks (``nn.ParameterList``): block 0 holds ``num_experts``, later blocks are

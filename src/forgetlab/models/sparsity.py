@@ -1,4 +1,5 @@
-"""Fixed structured sparsity on the blocks' linear weights (``model.sparsity``, document 000's T).
+"""Fixed structured sparsity on the blocks' linear weights (``model.sparsity``,
+the T/W/R ablation's T).
 
 A mask is chosen once, at initialisation, by weight magnitude or at random, and kept for the run:
 * ``2:4``: in every group of 4 consecutive weights along the input dimension, 2 are kept

@@ -2,7 +2,7 @@
 unigram baseline that tells whether a model learned more than word frequencies.
 
 Runs in inference mode with large batches: in small CPU runs evaluation otherwise costs a third of
-the time (FINDINGS.md).
+the time (docs/sizing.md).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ rules are pure functions, tested on their own:
 
 * :func:`reservoir_slot` -- Vitter 1985, Algorithm R: the t-th sample is kept with probability
   min(1, K/t) into a uniformly chosen slot, so every sample seen so far is held with the same
-  probability K/t (document 002, section 2.1.2).
+  probability K/t.
 * ring -- FIFO, the last K samples (Chaudhry et al. 2019, "On tiny episodic memories").
 * balanced -- each of the t seen domains gets floor(K/t) slots (a uniform sample of that domain
   kept by Algorithm R), older domains truncated at random when a domain arrives.
@@ -108,7 +108,7 @@ class SequenceBuffer:
         return int((self.domain >= 0).sum())
 
     def quota(self) -> int:
-        """floor(K / t) slots per seen domain (iCaRL's m; document 002, section 2.1.2)."""
+        """floor(K / t) slots per seen domain (iCaRL's m, Rebuffi et al. 2017)."""
         return self.capacity // max(len(self.seen), 1)
 
     def rows_of(self, domain: int) -> torch.Tensor:
@@ -270,8 +270,8 @@ def stream_rows(weights: torch.Tensor | None, replayed: torch.Tensor | None, n: 
 
 
 class MixKnobs(BaseModel):
-    """How many rows of each batch come from the memory: ER's "new:old" ratio (document 002 mixes
-    1:1 or 2:1; Chaudhry et al. 2019) or the replayed share of the rows. The default is 1:1."""
+    """How many rows of each batch come from the memory: ER's "new:old" ratio (commonly 1:1 or
+    2:1; Chaudhry et al. 2019) or the replayed share of the rows. The default is 1:1."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -1,14 +1,14 @@
 """iCaRL's parts (Rebuffi et al. 2017): herded exemplar memory, BCE + distillation, NCM.
 
 Pure pieces the class-incremental scenario (:mod:`forgetlab.experiments.class_incremental`)
-assembles; document 002, 2.1.2 walks through them with the numbers its tests use.
+assembles; docs/methods.md walks through them with the numbers their tests use.
 
 * :class:`ExemplarMemory` -- a total budget K split floor(K/t) per seen class; a new class's
   exemplars are its samples in herding order (:func:`~forgetlab.mechanisms.parts.buffers.herding_order`,
   Rebuffi 2017 Alg. 4), an old class keeps the prefix P_y[0:m] (Alg. 5: no recomputation).
 * :func:`icarl_loss` -- per-class sigmoid: BCE with the true labels on the new classes plus lambda
-  times BCE towards the old model's probabilities q_old on the old classes (Rebuffi 2017 Alg. 3;
-  document 002's L_new + lambda L_distill), summed over classes, averaged over samples.
+  times BCE towards the old model's probabilities q_old on the old classes (Rebuffi 2017 Alg. 3:
+  L_new + lambda L_distill), summed over classes, averaged over samples.
 * :func:`ncm_predict` -- nearest class mean, y = argmin_y ||phi(x) - mu_y||_2, with mu_y the mean
   feature of class y's exemplars under the current extractor (Rebuffi 2017 Alg. 1).
 """

@@ -4,7 +4,7 @@ FLOP rates that the data-driven mechanisms share.
 
 Why per-sample gradients: the diagonal Fisher is the *mean of squared* per-sample score vectors,
 F_i = E_x[(d log p(x|theta) / d theta_i)^2] (Kirkpatrick et al. 2017, the F of eq. 3;
-document 002, appendix). Squaring the gradient of a mini-batch mean (as Avalanche's EWC does)
+Kunstner et al. 2019). Squaring the gradient of a mini-batch mean (as Avalanche's EWC does)
 gives (E g)^2, which is not the Fisher: the cross terms between samples do not cancel and the
 value shrinks with the batch size. ``torch.func`` computes the per-sample gradients in one
 vectorised pass, so the exact estimator costs the same passes as the wrong one.
@@ -88,7 +88,7 @@ def diagonal_fisher(
     weights: torch.Tensor | None = None,
     chunk: int = 8,
 ) -> dict[str, torch.Tensor]:
-    """F_i = E_n[(d log p(sample_n) / d theta_i)^2] (Kirkpatrick 2017, F of eq. 3; doc 002 appendix).
+    """F_i = E_n[(d log p(sample_n) / d theta_i)^2] (Kirkpatrick 2017, F of eq. 3).
 
     ``log_likelihood(forward, *sample)`` is the log-likelihood of one sample. Labels drawn from
     the model give the (Monte-Carlo) true Fisher, data labels the empirical Fisher; ``weights``

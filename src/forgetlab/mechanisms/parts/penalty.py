@@ -1,7 +1,7 @@
 """The quadratic penalty shared by EWC, online EWC, SI and MAS, and the mechanism base they share.
 
 All four methods add (lambda / 2) * sum_i Omega_i (theta_i - theta*_i)^2 to the loss
-(Kirkpatrick et al. 2017, eq. 3; doc 002 section 2.2.1) and differ only in the importance Omega
+(Kirkpatrick et al. 2017, eq. 3) and differ only in the importance Omega
 and in how a finished domain's importance joins the old ones:
 
 * ``append``: one term per finished domain, each with its own anchor (Kirkpatrick 2017, eq. 3
