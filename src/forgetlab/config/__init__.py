@@ -12,6 +12,7 @@ from forgetlab.config.presets import PRESETS, Preset, get_preset
 from forgetlab.config.schema import (
     STREAM_DOMAINS,
     DataConfig,
+    InitConfig,
     MechanismConfig,
     ModelConfig,
     RunConfig,
@@ -24,6 +25,7 @@ __all__ = [
     "STREAM_DOMAINS",
     "ConfigError",
     "DataConfig",
+    "InitConfig",
     "MechanismConfig",
     "ModelConfig",
     "Preset",

@@ -85,14 +85,23 @@ def resolve_run_config(raw: dict[str, Any], overrides: list[str] | None = None) 
     """Merge defaults, preset, spec and overrides into one validated :class:`RunConfig`."""
     merged = apply_overrides(raw, overrides)
     model = dict(merged.get("model") or {})
+    data = dict(merged.get("data") or {})
+    origins: dict[str, str] = {}  # keys a preset filled, for error messages
     preset_name = model.get("preset")
     if preset_name is not None:
         preset = get_preset(str(preset_name))
+        origins = {f"model.{k}": f"preset {preset.name!r}" for k in preset.model if k not in model}
+        if data.get("tokenizer") is None:
+            origins["data.tokenizer"] = f"preset {preset.name!r}"
         model = {**preset.model, **model}
-        data = dict(merged.get("data") or {})
         data.setdefault("tokenizer", preset.tokenizer)
-        merged["data"] = data
-    merged["model"] = model
+    if model.get("init") is not None:
+        # model.init: the checkpoint's shape and tokenizer are part of the config, so this is
+        # where config resolution reads files beyond the spec (forgetlab.models.init)
+        from forgetlab.models.init import resolve_init
+
+        model, data = resolve_init(model, data, origins)
+    merged["model"], merged["data"] = model, data
     try:
         return RunConfig.model_validate(merged)
     except ValidationError as e:

@@ -71,6 +71,33 @@ class MemoryConfig(_Strict):
         return self
 
 
+InitFormat = Literal["forgetlab", "hf", "nanogpt"]
+"""What ``model.init`` reads: a forgetlab run directory or checkpoint, a Hugging Face GPT-2
+directory, a nanoGPT ``ckpt.pt``."""
+
+
+class InitConfig(_Strict):
+    """``model.init``: the weights a run starts from instead of a random initialisation.
+
+    Given as a path (``model.init = "runs/base"``); config resolution reads the checkpoint and
+    fills ``format`` and ``sha256`` (the content hash that joins the run id) and the model's shape
+    keys. A ``sha256`` written in the spec pins the content: other weights at that path are refused.
+    """
+
+    path: str = Field(description="run directory, checkpoint file, HF GPT-2 dir or nanoGPT ckpt.pt")
+    format: InitFormat | None = Field(
+        None, description="filled by config resolution from the files found at path"
+    )
+    sha256: str | None = Field(
+        None, description="content hash of the weights, filled by config resolution (or a pin)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path_alone(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value
+
+
 class ModelConfig(_Strict):
     """Shape and parts of the GPT. ``preset`` fills every field not given explicitly.
 
@@ -79,6 +106,9 @@ class ModelConfig(_Strict):
     """
 
     preset: str | None = None
+    init: InitConfig | None = Field(
+        None, description="start from these weights; the shape keys come from the checkpoint"
+    )
     n_layer: int = Field(4, ge=1)
     n_head: int = Field(4, ge=1)
     n_kv_head: int | None = Field(None, ge=1, description="grouped-query attention; None = n_head")

@@ -73,8 +73,8 @@ def load_state_into(model: GPT, state: dict[str, torch.Tensor], source: str) -> 
     return model
 
 
-def load_model(path: str | Path) -> GPT:
-    """Read a checkpoint written by :func:`save_model`; the model is returned in eval mode."""
+def read_model_config(path: str | Path) -> ModelConfig:
+    """The ``ModelConfig`` stored in a checkpoint's header, without reading its tensors."""
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"{str(path)!r} does not exist or is not a file")
@@ -85,10 +85,15 @@ def load_model(path: str | Path) -> GPT:
             f"(no {_FORMAT_KEY}={FORMAT!r} metadata)"
         )
     try:
-        cfg = ModelConfig.model_validate(json.loads(metadata[_CONFIG_KEY]))
+        return ModelConfig.model_validate(json.loads(metadata[_CONFIG_KEY]))
     except (ValidationError, json.JSONDecodeError) as e:
         raise ModelLoadError(f"{str(path)!r}: stored model config is invalid: {e}") from None
-    model = GPT(cfg)
+
+
+def load_model(path: str | Path) -> GPT:
+    """Read a checkpoint written by :func:`save_model`; the model is returned in eval mode."""
+    path = Path(path)
+    model = GPT(read_model_config(path))
     return load_state_into(model, load_file(str(path)), repr(str(path))).eval()
 
 

@@ -34,8 +34,9 @@ from forgetlab.analysis.registry import cl_metrics
 from forgetlab.config import ConfigError, RunConfig
 from forgetlab.data import fixed_windows, open_stream, sample_windows
 from forgetlab.mechanisms import Batch, StepOutput, TrainContext, build_mechanisms
-from forgetlab.models import build_model, model_flops_per_token
+from forgetlab.models import model_flops_per_token
 from forgetlab.models.checkpoint import declared_frozen
+from forgetlab.models.init import build_run_model
 from forgetlab.train.checkpoint import load_checkpoint, save_checkpoint
 from forgetlab.train.device import (
     autocast_factory,
@@ -125,7 +126,8 @@ class Trainer:
         assert cfg.data.tokenizer is not None, "resolve_run_config fills the tokenizer"
         self.stream = open_stream(cfg.data.domains, cfg.data.tokenizer, cfg.data.cache_dir)
         tok = self.stream.tokenizer
-        self.model = build_model(cfg.model, self._vocab_size(tok.vocab_size)).to(self.device)
+        vocab = self._vocab_size(tok.vocab_size)  # model.init: its weights, unless resuming
+        self.model = build_run_model(cfg.model, vocab, tok, not self.resume).to(self.device)
         self.model_cfg = self.model.config
         self.compiled = torch.compile(self.model) if cfg.train.compile else self.model
         self.train_model = self.compiled
@@ -404,6 +406,7 @@ class Trainer:
             "precision": self.precision,
             "domains": domains,
             "tokenizer": self.stream.tokenizer.name,
+            "tokenizer_sha256": self.stream.tokenizer.sha256,  # checked by runs that init from it
             "R": self.R,
             "unigram": {k: [self.unigram[d][k] for d in domains] for k in METRIC_KINDS},
             "metrics": metrics,
