@@ -19,7 +19,7 @@ def test_a_study_group_starts_from_a_finished_runs_weights(micro_base, tmp_path)
 
     raw = {
         "name": "from-base",
-        "base": micro_base(domains=2, steps=2),
+        "base": micro_base(domains=1, steps=2),
         "factors": {"INIT": {"scratch": {}, "pretrained": {"model": {"init": str(base_dir)}}}},
         "seeds": [0],
     }

@@ -187,7 +187,7 @@ def test_a_contradicting_shape_key_is_refused_with_both_values(fixture_data, bas
     assert cfg.model.dropout == 0.2 and cfg.model.activation == "gelu_tanh"
 
 
-def test_a_tokenizer_mismatch_is_refused_by_name(fixture_data, base_run, tmp_path):
+def test_a_tokenizer_mismatch_is_refused_by_name(fixture_data, base_run, vocab, tmp_path):
     with pytest.raises(ConfigError, match=r"data\.tokenizer = 'bpe-2k'.*trained with 'bpe-512'"):
         resolve_run_config(
             {"model": {"preset": "micro", "init": str(base_run)}, "data": {"tokenizer": "bpe-2k"}}
@@ -206,6 +206,16 @@ def test_a_tokenizer_mismatch_is_refused_by_name(fixture_data, base_run, tmp_pat
     (other / "run.json").write_text(json.dumps(record))
     with pytest.raises(ConfigError, match=r"sha256 [0-9a-f]{64} .* sha256 0{64}"):
         run_config(fixture_data, {"preset": "micro", "init": str(other)})
+
+    # a forgetlab Hugging Face export records its tokenizer in tokenizer_config.json
+    hf_dir = tmp_path / "hf-export"
+    write_hf(hf_dir, vocab)
+    with pytest.raises(ConfigError, match=r"records no tokenizer: set data\.tokenizer"):
+        resolve_run_config({"model": {"init": str(hf_dir)}})
+    recorded = {"forgetlab_tokenizer": {"name": "bpe-2k", "sha256": "1" * 64}}
+    (hf_dir / "tokenizer_config.json").write_text(json.dumps(recorded))
+    with pytest.raises(ConfigError, match=r"'bpe-512' is not the tokenizer .* with 'bpe-2k'"):
+        run_config(fixture_data, {"init": str(hf_dir)})
 
     # a vocabulary the checkpoint's embedding does not have
     write_hf(tmp_path / "hf-600", 600)
