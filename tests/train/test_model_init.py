@@ -13,7 +13,7 @@ import torch
 
 from forgetlab.config import ConfigError, resolve_run_config
 from forgetlab.data import fixed_windows, open_stream
-from forgetlab.models import GPT, build_model, from_pretrained, load_model
+from forgetlab.models import GPT, build_model, convert, from_pretrained, load_model
 from forgetlab.models.gpt2_names import forgetlab_to_gpt2_key
 from forgetlab.models.init import InitSource
 from forgetlab.models.nanogpt import nanogpt_config
@@ -282,3 +282,16 @@ def test_resume_of_an_init_run_loads_its_checkpoint_not_the_init(
     resumed = Trainer(cfg, tmp_path / "resumed", progress=False).run()
     assert resumed["R"] == ref["R"]
     assert RunDir(tmp_path / "resumed").status() == "finished"
+
+
+def test_a_runs_hf_export_is_an_init_with_the_runs_tokenizer(fixture_data, base_run, tmp_path):
+    convert(base_run, tmp_path / "hf", to="hf")  # the run exports itself with its tokenizer
+    cfg = resolve_run_config(
+        {"model": {"init": str(tmp_path / "hf")}, "data": {"cache_dir": fixture_data.cache_dir}}
+    )
+    assert cfg.model.init.format == "hf" and cfg.data.tokenizer == fixture_data.tokenizer
+    trainer = Trainer(cfg, tmp_path / "setup-only", progress=False)
+    trainer._setup()
+    source = load_model(base_run / "checkpoints" / "latest" / "model.safetensors")
+    x = trainer.eval_sets[0].x[:4].cpu()
+    assert (logits(trainer.model, x) - logits(source, x)).abs().max().item() < 1e-5
