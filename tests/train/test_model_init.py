@@ -295,3 +295,26 @@ def test_a_runs_hf_export_is_an_init_with_the_runs_tokenizer(fixture_data, base_
     source = load_model(base_run / "checkpoints" / "latest" / "model.safetensors")
     x = trainer.eval_sets[0].x[:4].cpu()
     assert (logits(trainer.model, x) - logits(source, x)).abs().max().item() < 1e-5
+
+
+def test_a_large_inits_hash_is_computed_once_per_file_version(tmp_path, monkeypatch):
+    from forgetlab.models import init as init_module
+
+    monkeypatch.setenv("FORGETLAB_DATA", str(tmp_path / "cache"))
+    monkeypatch.setattr(init_module, "DISK_CACHE_BYTES", 1)  # every file counts as large
+    digests: list[Path] = []
+    real = init_module._digest
+    monkeypatch.setattr(init_module, "_digest", lambda p: digests.append(p) or real(p))
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"a" * 1000)
+    first = init_module.file_sha256(weights)
+    assert first == hashlib.sha256(b"a" * 1000).hexdigest()
+    init_module._HASHES.clear()  # a new process: the machine-wide cache answers
+    assert init_module.file_sha256(weights) == first and len(digests) == 1
+    weights.write_bytes(b"b" * 1001)  # another version of the file: hashed again
+    init_module._HASHES.clear()
+    assert init_module.file_sha256(weights) == hashlib.sha256(b"b" * 1001).hexdigest()
+    assert len(digests) == 2
+    (tmp_path / "cache" / "init-sha256.json").write_text("{torn")  # a crash mid-write
+    init_module._HASHES.clear()
+    assert init_module.file_sha256(weights) == hashlib.sha256(b"b" * 1001).hexdigest()

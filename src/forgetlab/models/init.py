@@ -29,6 +29,7 @@ model. On resume it loads nothing from the init: the run's own checkpoint is the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from forgetlab.atomic import atomic_write_json
 from forgetlab.config import ConfigError, InitConfig, ModelConfig
 from forgetlab.models.checkpoint import (
     is_forgetlab_checkpoint,
@@ -112,19 +114,55 @@ class InitSource:
 
 
 # ---------------------------------------------------------------------------- content hashes
+DISK_CACHE_BYTES = 64 << 20
+"""Files at least this large keep their sha256 in ``<data cache>/init-sha256.json`` across
+processes (every run of a study checks its init's hash; a GPT-2 file takes seconds to hash)."""
+DISK_CACHE_FILE = "init-sha256.json"
 _HASHES: dict[tuple[str, int, int], str] = {}
 
 
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _disk_cache() -> Path:
+    from forgetlab.data.paths import data_root
+
+    return data_root() / DISK_CACHE_FILE
+
+
+def _read_disk_cache(cache: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(cache.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}  # absent or torn by a crash: a cache, rebuilt as needed
+    return data if isinstance(data, dict) else {}
+
+
 def file_sha256(path: Path) -> str:
-    """sha256 of one file, computed once per process and file version (path, size, mtime)."""
+    """sha256 of one file, computed once per file version (path, size, mtime): per process, and
+    for files of :data:`DISK_CACHE_BYTES` or more, once per machine."""
     st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _HASHES:
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-        _HASHES[key] = h.hexdigest()
+    resolved = str(path.resolve())
+    key = (resolved, st.st_size, st.st_mtime_ns)
+    if key in _HASHES:
+        return _HASHES[key]
+    version = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    cache = _disk_cache() if st.st_size >= DISK_CACHE_BYTES else None
+    entry = _read_disk_cache(cache).get(resolved) if cache else None
+    if isinstance(entry, dict) and {k: entry.get(k) for k in version} == version:
+        _HASHES[key] = str(entry["sha256"])
+        return _HASHES[key]
+    _HASHES[key] = _digest(path)
+    if cache is not None:
+        entries = _read_disk_cache(cache)
+        entries[resolved] = {**version, "sha256": _HASHES[key]}
+        with contextlib.suppress(OSError):  # a read-only cache costs the next process a re-hash
+            atomic_write_json(cache, entries)
     return _HASHES[key]
 
 
