@@ -49,6 +49,9 @@ _EXPORT_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
 _GPT2_PARTS = {"ffn": "mlp", "norm": "layernorm", "positions": "learned"}
 _GPT2_ATTENTION = ("standard", "orthogonal")
 GPT2_EOT_ID = 50256
+FORGETLAB_TOKENIZER_KEY = "forgetlab_tokenizer"
+"""Where an export's tokenizer_config.json names forgetlab's tokenizer (name, sha256): what
+``model.init`` checks the run's tokenizer against."""
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -244,7 +247,7 @@ def hf_tokenizer_files(tokenizer: Tokenizer, model_max_length: int) -> dict[str,
         "clean_up_tokenization_spaces": False,
         "errors": "replace",
         "model_max_length": model_max_length,
-        "forgetlab_tokenizer": {"name": tokenizer.name, "sha256": tokenizer.sha256},
+        FORGETLAB_TOKENIZER_KEY: {"name": tokenizer.name, "sha256": tokenizer.sha256},
     }
     return {
         "tokenizer.json": document,

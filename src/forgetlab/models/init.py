@@ -49,10 +49,12 @@ from forgetlab.models.checkpoint import (
 from forgetlab.models.errors import ModelLoadError
 from forgetlab.models.gpt import GPT, build_model
 from forgetlab.models.hf_gpt2 import (
+    FORGETLAB_TOKENIZER_KEY,
     hf_config_to_model_config,
     is_hf_gpt2_dir,
     load_hf_gpt2,
 )
+from forgetlab.models.hf_run import LATEST_MODEL, RUN_JSON
 from forgetlab.models.nanogpt import (
     is_nanogpt_checkpoint,
     load_nanogpt,
@@ -81,10 +83,7 @@ NOT_MODEL_KEYS = frozenset({"preset", "init"})
 VOCAB_PADDING = 64
 """A checkpoint's vocabulary may exceed the tokenizer's by fewer unused ids than this (nanoGPT
 pads GPT-2's 50257 to 50304 for speed); any other difference is another tokenizer."""
-RUN_JSON = "run.json"
-LATEST_CHECKPOINT = Path("checkpoints") / "latest" / "model.safetensors"
 HF_TOKENIZER_CONFIG = "tokenizer_config.json"
-HF_TOKENIZER_KEY = "forgetlab_tokenizer"
 _CHUNK = 1 << 20
 
 
@@ -196,7 +195,7 @@ def _enclosing_run(checkpoint: Path) -> Path | None:
     """The run directory around ``RUN/checkpoints/step-N/model.safetensors`` or
     ``RUN/model.safetensors``, when there is one."""
     parent = checkpoint.parent
-    if parent.parent.name == LATEST_CHECKPOINT.parts[0]:
+    if parent.parent.name == LATEST_MODEL.parts[0]:
         parent = parent.parent.parent
     return parent if (parent / RUN_JSON).is_file() else None
 
@@ -223,9 +222,9 @@ def _run_dir_source(path: str, root: Path) -> InitSource:
             "checkpoint still changes; finish it, or name one checkpoint file "
             "(RUN/checkpoints/step-N/model.safetensors)"
         )
-    checkpoint = root / LATEST_CHECKPOINT
+    checkpoint = root / LATEST_MODEL
     if not is_forgetlab_checkpoint(checkpoint):
-        raise ConfigError(f"{where}: the finished run has no {str(LATEST_CHECKPOINT)!r}")
+        raise ConfigError(f"{where}: the finished run has no {str(LATEST_MODEL)!r}")
     return _forgetlab_source(path, checkpoint, record)
 
 
@@ -250,7 +249,7 @@ def _hf_source(path: str, directory: Path) -> InitSource:
     name = sha = None
     tok_config = directory / HF_TOKENIZER_CONFIG
     if tok_config.is_file():
-        recorded = _read_json(tok_config, where).get(HF_TOKENIZER_KEY) or {}
+        recorded = _read_json(tok_config, where).get(FORGETLAB_TOKENIZER_KEY) or {}
         name, sha = recorded.get("name"), recorded.get("sha256")
     return InitSource(path, "hf", files, model, content_sha256(files), name, sha)
 
