@@ -1,0 +1,60 @@
+"""`forgetlab run --set model.init=RUN`: a run started from another run's weights, and a spec that
+contradicts the checkpoint stopped with one line before any run directory exists."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def forgetlab(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "forgetlab.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+
+
+def test_run_from_another_runs_weights_and_a_contradiction_refused(fixture_data, tmp_path):
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        "\n".join(
+            [
+                "[model]",
+                'preset = "micro"',
+                "[data]",
+                f'domains = ["{fixture_data.domains[0]}"]',
+                f'tokenizer = "{fixture_data.tokenizer}"',
+                f'cache_dir = "{fixture_data.cache_dir}"',
+                "val_batches = 2",
+                "[train]",
+                "steps_per_stage = 3",
+                "batch_size = 4",
+                'precision = "fp32"',
+            ]
+        )
+        + "\n"
+    )
+    base = tmp_path / "base"
+    assert forgetlab("run", str(spec), "--out", str(base), "--quiet").returncode == 0
+    child = tmp_path / "child"
+    res = forgetlab("run", str(spec), "--out", str(child), "--quiet", "--set", f"model.init={base}")
+    assert res.returncode == 0, res.stderr
+    parent, record = (json.loads((d / "run.json").read_text()) for d in (base, child))
+    assert record["R"]["loss"][0] == parent["R"]["loss"][-1]  # row 0: the base, as it ended
+    assert record["config"]["model"]["init"]["path"] == str(base)
+
+    wide = tmp_path / "wide"
+    res = forgetlab(
+        "run", str(spec), "--out", str(wide), "--quiet",
+        "--set", f"model.init={base}", "--set", "model.n_embd=128",
+    )  # fmt: skip
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        f"error: model.n_embd = 128 contradicts model.init = {str(base)!r}, whose checkpoint has "
+        "n_embd = 64; the checkpoint sets the model's shape: drop the key"
+    ]
+    assert not Path(wide).exists()
