@@ -9,26 +9,21 @@ from typing import Annotated
 
 import numpy as np
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from forgetlab.config import SourceConfig
+from forgetlab.cli.errors import user_errors
+from forgetlab.config import ConfigError, SourceConfig, format_validation_error
 from forgetlab.data import BUILTIN_DOMAINS, DataError, data_root, open_stream, prepare
 from forgetlab.data.pipeline import iter_manifests
 
 app = typer.Typer(help="Domain corpora and token shards, built offline from pinned packages.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 console = Console()
-err_console = Console(stderr=True)
 
 CacheOpt = Annotated[str | None, typer.Option("--cache-dir", help="default: $FORGETLAB_DATA "
                                               "or ~/.cache/forgetlab")]
-
-
-def fail(exc: DataError) -> typer.Exit:
-    """Print a DataError as one line and leave with exit code 2 (no traceback)."""
-    err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True, style="red")
-    return typer.Exit(2)
 
 
 def split_names(values: list[str] | None) -> list[str] | None:
@@ -46,15 +41,19 @@ def parse_sources(files: list[str] | None, datasets: list[str] | None,
         name, sep, value = spec.partition("=")
         if not sep or not name or not value:
             raise DataError(f"'{spec}' is not NAME=VALUE (e.g. --files notes=~/notes/*.txt)")
-        if key == "files":
-            sources.setdefault(name, SourceConfig(files=[], val_fraction=val_fraction))
-            sources[name].files = [*(sources[name].files or []), value]
-        else:
-            sources[name] = SourceConfig(hf_dataset=value, val_fraction=val_fraction)
+        try:
+            if key == "files":
+                sources.setdefault(name, SourceConfig(files=[], val_fraction=val_fraction))
+                sources[name].files = [*(sources[name].files or []), value]
+            else:
+                sources[name] = SourceConfig(hf_dataset=value, val_fraction=val_fraction)
+        except ValidationError as e:
+            raise ConfigError(format_validation_error(e, SourceConfig, f"source {name!r}")) from None
     return sources
 
 
 @app.command("prepare")
+@user_errors()
 def prepare_cmd(
     domains: Annotated[list[str] | None, typer.Option(
         "--domains", "-d", help="comma-separated; default: code,math,medical,legal,dialogue,books"
@@ -74,13 +73,10 @@ def prepare_cmd(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("forgetlab.data").setLevel(logging.WARNING if quiet else logging.INFO)
     start = time.perf_counter()
-    try:
-        sources = parse_sources(files, dataset, val_fraction)
-        names = split_names(domains) or (list(sources) if sources else None)
-        manifests = prepare(names, tokenizer, cache_dir, sources=sources, workers=workers,
-                            progress=not quiet)
-    except DataError as exc:
-        raise fail(exc) from None
+    sources = parse_sources(files, dataset, val_fraction)
+    names = split_names(domains) or (list(sources) if sources else None)
+    manifests = prepare(names, tokenizer, cache_dir, sources=sources, workers=workers,
+                        progress=not quiet)
     console.print(info_table(manifests))
     console.print(f"prepared {len(manifests)} domain(s) in {time.perf_counter() - start:.1f} s "
                   f"under {data_root(cache_dir)}")
@@ -118,6 +114,7 @@ def info_table(manifests: list[dict]) -> Table:
 
 
 @app.command("info")
+@user_errors()
 def info_cmd(
     tokenizer: Annotated[str | None, typer.Option(help="only this tokenizer")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON list")] = False,
@@ -137,6 +134,7 @@ def info_cmd(
 
 
 @app.command("sample")
+@user_errors()
 def sample_cmd(
     domain: Annotated[str, typer.Argument(help="a prepared domain")],
     tokenizer: Annotated[str, typer.Option(help="tokenizer of the shards")] = "gpt2",
@@ -147,10 +145,7 @@ def sample_cmd(
     cache_dir: CacheOpt = None,
 ) -> None:
     """Decode a few documents from a shard, to see exactly what the model will read."""
-    try:
-        stream = open_stream([domain], tokenizer, cache_dir)
-    except DataError as exc:
-        raise fail(exc) from None
+    stream = open_stream([domain], tokenizer, cache_dir)
     tokens = getattr(stream[domain], split)
     if len(tokens) == 0 and split == "train":  # an evaluation-only domain has only val
         split, tokens = "val", stream[domain].val

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,20 +15,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from forgetlab.cli.errors import user_errors
 from forgetlab.config import ConfigError, load_toml
 
 console = Console()
-
-
-@contextmanager
-def _one_line_errors() -> Iterator[None]:
-    from forgetlab.data import DataError
-
-    try:
-        yield
-    except (ConfigError, DataError) as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False)
-        raise typer.Exit(2) from None
 
 
 def run_experiment_cli(
@@ -147,6 +135,7 @@ def print_plan(plan: dict[str, Any]) -> None:
         )
 
 
+@user_errors()
 def plan_command(
     spec: Annotated[
         Path, typer.Argument(help="study spec: a TOML file, or a shipped spec's name (qk_freeze)")
@@ -162,13 +151,19 @@ def plan_command(
 ) -> None:
     """The study's runs with stable ids, tokens, FLOPs, wall time here, GPU-hours and cost."""
     from forgetlab.experiments import ExperimentStore, build_plan, load_spec
-    from forgetlab.specs import resolve_spec
+    from forgetlab.specs import STUDY_KEYS, is_study_spec, resolve_spec
 
-    with _one_line_errors():
-        parsed, scale_name = load_spec(load_toml(resolve_spec(spec)), scale)
-        parsed.overrides = [*parsed.overrides, *(overrides or [])]
-        cache = ExperimentStore(out).calibration() if out else None
-        plan = build_plan(parsed, scale_name, calibration_cache=cache)
+    spec = resolve_spec(spec)
+    raw = load_toml(spec)
+    if not is_study_spec(raw):
+        raise ConfigError(
+            f"spec file {str(spec)!r} is a single-run spec: `forgetlab plan` takes a study spec "
+            f"(one with {' / '.join(STUDY_KEYS)}); run it with `forgetlab run`"
+        )
+    parsed, scale_name = load_spec(raw, scale)
+    parsed.overrides = [*parsed.overrides, *(overrides or [])]
+    cache = ExperimentStore(out).calibration() if out else None
+    plan = build_plan(parsed, scale_name, calibration_cache=cache)
     if as_json:
         typer.echo(json.dumps(plan, indent=2, default=str))
         return

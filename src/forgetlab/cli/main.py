@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +14,7 @@ from rich.table import Table
 
 from forgetlab.cli import data as data_cli
 from forgetlab.cli import experiment_commands, model_commands, report_commands, spec_commands
+from forgetlab.cli.errors import user_errors
 
 app = typer.Typer(
     help="forgetlab: controlled experiments on forgetting in small GPT-style language models.",
@@ -33,24 +32,6 @@ spec_commands.register(app)
 console = Console()
 
 
-def clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the lab's user-facing errors into one clear line and exit code 2, without a traceback."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from forgetlab.config import ConfigError
-        from forgetlab.data import DataError
-        from forgetlab.models import ModelLoadError
-
-        try:
-            return fn(*args, **kwargs)
-        except (ConfigError, DataError, ModelLoadError) as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
-
-
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     logging.basicConfig(
@@ -61,7 +42,7 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> 
 
 
 @app.command()
-@clean_errors
+@user_errors()
 def run(
     spec: Annotated[
         Path, typer.Argument(help="spec: a TOML file, or a shipped spec's name (cl_mechanisms)")
@@ -119,7 +100,7 @@ def _bench_config(preset: str, precision: str, compile_: bool, overrides: list[s
 
 
 @bench_app.command("train")
-@clean_errors
+@user_errors()
 def bench_train_cmd(
     preset: Annotated[str, typer.Option(help="model preset")] = "tiny",
     precision: Annotated[str, typer.Option(help="auto | fp32 | bf16")] = "auto",
@@ -146,7 +127,7 @@ def bench_train_cmd(
 
 
 @bench_app.command("peak")
-@clean_errors
+@user_errors()
 def bench_peak_cmd(
     seconds: Annotated[float, typer.Option(help="seconds per precision")] = 2.0,
     size: Annotated[int, typer.Option(help="square matmul size")] = 2048,
@@ -170,7 +151,7 @@ def bench_peak_cmd(
 
 
 @app.command()
-@clean_errors
+@user_errors()
 def show(
     run_dir: Annotated[Path, typer.Argument(help="a run directory, or a study's directory")],
     group: Annotated[

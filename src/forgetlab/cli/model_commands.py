@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,10 +16,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from forgetlab.cli.errors import user_errors
 from forgetlab.config import PRESETS, STREAM_DOMAINS, ConfigError, RunConfig, resolve_run_config
 from forgetlab.models import (
     GPT,
-    ModelExportError,
     ModelLoadError,
     build_model,
     convert,
@@ -83,15 +82,6 @@ def parameter_table(report: dict[str, Any], title: str) -> Table:
     return table
 
 
-@contextmanager
-def _one_line_errors() -> Iterator[None]:
-    try:
-        yield
-    except (ConfigError, ModelLoadError, ModelExportError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-
-
 def inspect_command(
     target: Annotated[str, typer.Argument(metavar="PRESET_OR_CKPT", help="preset or path")],
     vocab_size: Annotated[int | None, typer.Option("--vocab-size", help="preset vocab")] = None,
@@ -101,7 +91,7 @@ def inspect_command(
     ] = None,
 ) -> None:
     """Parameter table of a preset or checkpoint: per module trainable / frozen / buffers."""
-    with _one_line_errors():
+    with user_errors():
         model = model_for_target(target, vocab_size, overrides or [])
         report = inspect_model(model)
         flops = model_flops_per_token(model.config)
@@ -137,7 +127,7 @@ def convert_command(
     load an empty GPT-2 tokenizer that encodes every text to []."""
     from forgetlab.models.hf_run import is_run_dir
 
-    with _one_line_errors():
+    with user_errors():
         if to not in ("forgetlab", "hf"):
             raise ConfigError(f"--to = {to!r}; allowed: ['forgetlab', 'hf']")
         target: Literal["forgetlab", "hf"] = "hf" if to == "hf" else "forgetlab"
@@ -196,7 +186,7 @@ def diagnose_command(
     """
     from forgetlab.train.trainer import build_optimizer
 
-    with _one_line_errors():
+    with user_errors():
         model = model_for_target(target, vocab_size, overrides or [])
         run = run_for_target(target, overrides or []) or RunConfig(model=model.config)
         tok = tokenizer or run.data.tokenizer

@@ -13,11 +13,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from forgetlab.config import ConfigError
+from forgetlab.cli.errors import user_errors
 
 console = Console(stderr=True)
 
 
+@user_errors()
 def report(
     exp_dir: Annotated[
         Path, typer.Argument(help="an experiment directory (holds experiment.json)")
@@ -30,11 +31,7 @@ def report(
     """Write analysis.json, report.md, report.html and plots/ into EXP_DIR."""
     from forgetlab.analysis.report import write_report
 
-    try:
-        paths = write_report(exp_dir, seed=seed)
-    except ConfigError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False)
-        raise typer.Exit(2) from None
+    paths = write_report(exp_dir, seed=seed)
     if as_json:
         typer.echo(json.dumps(json.loads(paths["analysis"].read_text()), indent=2))
     console.print(

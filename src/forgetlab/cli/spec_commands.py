@@ -7,9 +7,12 @@ from typing import Annotated
 
 import typer
 
+from forgetlab.cli.errors import user_errors
+
 DEFAULT_SOURCE = "quickstart"
 
 
+@user_errors()
 def init_command(
     name: Annotated[str, typer.Argument(help="the new spec: NAME writes ./NAME.toml")],
     from_: Annotated[
@@ -22,15 +25,10 @@ def init_command(
     ] = None,
 ) -> None:
     """Write an editable copy of a spec (never over an existing file); run it with `forgetlab run`."""
-    from forgetlab.config import ConfigError
     from forgetlab.specs import copy_spec, shipped_spec
 
     source = from_ or (Path(name).stem if shipped_spec(Path(name).stem) else DEFAULT_SOURCE)
-    try:
-        written = copy_spec(name, source)
-    except ConfigError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+    written = copy_spec(name, source)
     typer.echo(f"wrote {written} (from {source}); edit it, then: forgetlab run {written}")
 
 

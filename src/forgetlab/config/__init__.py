@@ -1,6 +1,6 @@
 """Typed configs, presets, ``--set`` overrides and validation (knows nothing else of forgetlab)."""
 
-from forgetlab.config.errors import ConfigError
+from forgetlab.config.errors import ConfigError, ForgetlabError, format_validation_error
 from forgetlab.config.loading import (
     apply_overrides,
     load_run_config,
@@ -25,6 +25,7 @@ __all__ = [
     "STREAM_DOMAINS",
     "ConfigError",
     "DataConfig",
+    "ForgetlabError",
     "InitConfig",
     "MechanismConfig",
     "ModelConfig",
@@ -33,6 +34,7 @@ __all__ = [
     "SourceConfig",
     "TrainConfig",
     "apply_overrides",
+    "format_validation_error",
     "get_preset",
     "load_run_config",
     "load_toml",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from forgetlab.config.errors import ForgetlabError
 
-class DataError(RuntimeError):
+
+class DataError(ForgetlabError, RuntimeError):
     """A data problem the user can fix: names the domain, the file and what to do."""

@@ -31,7 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from forgetlab.analysis import registry
-from forgetlab.config import ConfigError
+from forgetlab.config import ConfigError, format_validation_error
 
 DESIGNS = ("full_factorial", "one_at_a_time", "groups", "sweep")
 BUDGETS = ("same_shape", "matched_flops")
@@ -240,9 +240,9 @@ def resolve_scale(raw: dict[str, Any], scale: str | None) -> tuple[dict[str, Any
     if name is None:
         return raw, None
     if name not in scales:
-        raise ConfigError(
-            f"--scale = {name!r} is not a scale of this spec; allowed: {sorted(scales)}"
-        )
+        allowed = f"allowed: {sorted(scales)}" if scales else "it defines no [scales.NAME] block"
+        key = "--scale" if scale is not None else "default_scale"
+        raise ConfigError(f"{key} = {name!r} is not a scale of this spec; {allowed}")
     patch = scales[name]
     if "scales" in patch:
         raise ConfigError(f"scales.{name} may not itself define scales")
@@ -257,15 +257,6 @@ def load_spec(raw: dict[str, Any], scale: str | None = None) -> tuple[Experiment
     try:
         return ExperimentSpec.model_validate(merged), name
     except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            loc = ".".join(str(x) for x in err["loc"]) or "spec"
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
-                allowed = sorted(ExperimentSpec.model_fields)
-                problems.append(f"unknown key {loc!r} (allowed top-level keys: {allowed})")
-            elif err["type"] == "extra_forbidden":
-                problems.append(f"unknown key {loc!r}")
-            else:
-                problems.append(f"{loc} = {err.get('input')!r}: {msg}")
-        raise ConfigError("invalid experiment spec: " + "; ".join(problems)) from None
+        raise ConfigError(
+            format_validation_error(e, ExperimentSpec, "invalid experiment spec")
+        ) from None

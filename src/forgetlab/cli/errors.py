@@ -1,0 +1,33 @@
+"""The command line's one error boundary: a user's mistake is one line and exit code 2.
+
+Every command is wrapped in :func:`user_errors` (as a decorator, or around part of its body). Any
+:class:`~forgetlab.config.ForgetlabError` (a bad spec, override, data source, checkpoint path...)
+is printed as ``error: MESSAGE`` on one stderr line, with no traceback, and the command exits with
+:data:`USER_ERROR_EXIT`. Any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+
+from forgetlab.config import ForgetlabError
+
+USER_ERROR_EXIT = 2
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn a :class:`ForgetlabError` into ``error: MESSAGE`` on stderr and exit code 2."""
+    try:
+        yield
+    except ForgetlabError as e:
+        typer.echo(f"error: {one_line(e)}", err=True)
+        raise typer.Exit(USER_ERROR_EXIT) from None
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (a message spread over lines is joined with spaces)."""
+    return " ".join(part.strip() for part in str(error).splitlines() if part.strip())
