@@ -8,7 +8,6 @@ contract's column layout.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from forgetlab.analysis.load import row_from_record
+from forgetlab.analysis.load import preregistration_hash, row_from_record
 from forgetlab.analysis.registry import cl_metrics
 
 DOMAINS = ["code", "math", "medical"]
@@ -163,7 +162,7 @@ def write_experiment(
             ).to_parquet(root / run["dir"] / "curves.parquet")
             runs.append(run)
             rows.append(row_from_record(run, rec))
-    sha = hashlib.sha256(json.dumps(PREREG, sort_keys=True).encode()).hexdigest()
+    sha = preregistration_hash(PREREG)
     meta = {
         "name": "synthetic-2x2x2",
         "spec": {"goal": "Separate the contributions of T, W and R to forgetting."},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import typer
 from synthetic_experiment import PREREG, write_experiment
@@ -12,10 +13,11 @@ from typer.testing import CliRunner
 
 from forgetlab.analysis.analyse import preregistration_status
 from forgetlab.analysis.doc import Doc
-from forgetlab.analysis.load import load_experiment
+from forgetlab.analysis.load import Experiment, load_experiment
 from forgetlab.analysis.report import section_prereg
 from forgetlab.cli.report_commands import register
 from forgetlab.config import ConfigError
+from forgetlab.experiments import ExperimentStore
 
 TERM_KEYS = {"term", "estimate", "ci", "F", "p", "p_corrected", "partial_eta_sq"}
 
@@ -114,6 +116,53 @@ def test_changed_preregistration_is_flagged(tmp_path):
         },
     )
     assert "CHANGED" not in same.markdown(tmp_path)
+
+
+def _begin(store, block):
+    fields = {"name": "toy", "scale": None, "runs": [], "preregistration": block}
+    return store.begin(fields, ["forgetlab", "run"], {})
+
+
+def _prereg_text(meta, tmp_path):
+    doc = Doc("t")
+    section_prereg(doc, {"preregistration": preregistration_status(meta)})
+    return doc.markdown(tmp_path)
+
+
+def test_a_preregistration_given_only_from_the_second_invocation_is_reported_as_added(tmp_path):
+    store = ExperimentStore(tmp_path / "exp")
+    _begin(store, None)
+    assert preregistration_status(store.read())["status"] == "absent"
+    _begin(store, PREREG)
+    status = preregistration_status(store.read())
+    assert status["status"] == "added" and status["changed"] and status["block"] == PREREG
+    text = _prereg_text(store.read(), tmp_path)
+    assert "ADDED after the first run started" in text and "unchanged" not in text
+    # the analysis still tests the added block's hypotheses, reported as exploratory
+    assert Experiment(store.root, store.read(), pd.DataFrame()).preregistration == PREREG
+
+
+def test_a_preregistration_written_into_experiment_json_afterwards_is_reported_as_added(tmp_path):
+    store = ExperimentStore(tmp_path / "exp")
+    _begin(store, None)
+    doc = store.read()
+    doc["preregistration"] = PREREG  # a block added by hand after the first run
+    store.write(doc)
+    status = preregistration_status(store.read())
+    assert status["status"] == "added" and status["changed"]
+    text = _prereg_text(store.read(), tmp_path)
+    assert "ADDED after the first run started" in text and "unchanged since" not in text
+
+
+def test_a_registered_block_edited_in_experiment_json_is_reported_as_changed(tmp_path):
+    store = ExperimentStore(tmp_path / "exp")
+    _begin(store, PREREG)
+    assert preregistration_status(store.read())["status"] == "unchanged"
+    doc = store.read()
+    doc["preregistration"] = {**PREREG, "alpha": 0.1}  # edited in place, hash left as it was
+    store.write(doc)
+    assert preregistration_status(store.read())["status"] == "changed"
+    assert "CHANGED after the first run started" in _prereg_text(store.read(), tmp_path)
 
 
 def test_not_an_experiment_dir_is_a_clear_config_error(tmp_path):

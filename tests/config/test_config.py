@@ -6,6 +6,7 @@ from forgetlab.config import (
     ConfigError,
     apply_overrides,
     load_run_config,
+    load_toml,
     parse_value,
     resolve_run_config,
 )
@@ -78,6 +79,71 @@ def test_spec_file_errors(tmp_path):
         load_run_config(bad)
 
 
+def test_an_empty_spec_file_is_named_as_empty(tmp_path):
+    empty = tmp_path / "empty.toml"
+    empty.write_text("# nothing yet\n")
+    with pytest.raises(ConfigError, match=r"spec file '.*empty.toml' is empty"):
+        load_toml(empty)
+
+
+def test_a_directory_given_as_spec_is_named_as_a_directory(tmp_path):
+    (tmp_path / "a.toml").write_text('name = "a"\n')
+    with pytest.raises(ConfigError, match=r"is a directory, not a TOML file.*\['a.toml'\]"):
+        load_toml(tmp_path)
+
+
+def test_a_binary_spec_file_is_named_as_not_utf8(tmp_path):
+    binary = tmp_path / "spec.toml"
+    binary.write_bytes(b'name = "\xff\xfe"\n')
+    with pytest.raises(ConfigError, match=r"spec.toml' is not UTF-8 text \(byte 8\)"):
+        load_toml(binary)
+
+
+def test_a_spec_with_no_tokenizer_and_no_preset_says_which_key_to_set():
+    with pytest.raises(ConfigError, match=r"data.tokenizer is not set.*model.preset \(allowed:"):
+        resolve_run_config({"name": "x"})
+
+
+@pytest.mark.parametrize(
+    ("raw", "key", "section", "one_allowed"),
+    [
+        ({"colour": 1}, "colour", "", "train"),
+        ({"model": {"colour": 1}}, "model.colour", " in [model]", "n_layer"),
+        ({"model": {"moe": {"colour": 1}}}, "model.moe.colour", " in [model.moe]", "top_k"),
+        ({"model": {"memory": {"colour": 1}}}, "model.memory.colour", " in [model.memory]", "key_dim"),
+        ({"data": {"colour": 1}}, "data.colour", " in [data]", "domains"),
+        (
+            {"data": {"sources": {"mine": {"files": ["a"], "colour": 1}}}},
+            "data.sources.mine.colour", " in [data.sources.mine]", "text_field",
+        ),
+        ({"train": {"colour": 1}}, "train.colour", " in [train]", "warmup_steps"),
+    ],
+)
+def test_an_unknown_key_lists_the_keys_allowed_in_its_section(raw, key, section, one_allowed):
+    raw = {**raw, "model": {"preset": "micro", **raw.get("model", {})}}
+    with pytest.raises(ConfigError) as err:
+        resolve_run_config(raw)
+    message = str(err.value)
+    assert f"unknown key {key!r} (value 1); allowed{section}: [" in message
+    assert f"'{one_allowed}'" in message and "\n" not in message
+
+
+def test_warmup_longer_than_the_stage_is_refused_with_both_values():
+    with pytest.raises(
+        ConfigError,
+        match=r"train.warmup_steps = 50 is larger than train.steps_per_stage = 10 .*allowed: 0..10",
+    ):
+        resolve_run_config({"model": {"preset": "micro"}}, ["train.warmup_steps=50",
+                                                            "train.steps_per_stage=10"])
+    without_rewarm = ["train.rewarm=false", "train.steps_per_stage=10", "data.domains=['code']"]
+    with pytest.raises(ConfigError, match=r"whole schedule, train.steps_per_stage = 10 x 1 domains: .*allowed: 0..10"):
+        resolve_run_config({"model": {"preset": "micro"}}, [*without_rewarm, "train.warmup_steps=11"])
+    # without rewarm one warmup spans the stream: longer than a stage is fine
+    cfg = resolve_run_config({"model": {"preset": "micro"}},
+                             ["train.rewarm=false", "train.steps_per_stage=10", "train.warmup_steps=30"])
+    assert cfg.train.warmup_steps == 30
+
+
 def test_quickstart_spec_is_valid():
     from forgetlab.specs import resolve_spec
 
@@ -88,6 +154,6 @@ def test_quickstart_spec_is_valid():
 
 def test_user_source_needs_exactly_one_origin():
     with pytest.raises(ConfigError, match="exactly one of 'files' or 'hf_dataset'"):
-        resolve_run_config({"data": {"sources": {"mine": {}}}})
-    cfg = resolve_run_config({"data": {"sources": {"mine": {"files": ["a/*.txt"]}}}})
+        resolve_run_config({"data": {"sources": {"mine": {}}, "tokenizer": "gpt2"}})
+    cfg = resolve_run_config({"data": {"sources": {"mine": {"files": ["a/*.txt"]}}, "tokenizer": "gpt2"}})
     assert cfg.data.sources["mine"].files == ["a/*.txt"]

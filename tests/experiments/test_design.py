@@ -145,3 +145,45 @@ def test_unknown_scale_lists_the_allowed_ones(cl_raw):
 def test_is_experiment_spec_tells_studies_from_single_runs(cl_raw):
     assert is_study_spec(cl_raw)
     assert not is_study_spec({"name": "run", "model": {"preset": "tiny"}, "train": {}})
+
+
+@pytest.mark.parametrize(
+    ("patch", "key", "section", "one_allowed"),
+    [
+        ({"colour": 1}, "colour", "", "factors"),
+        ({"design": {"kind": "full_factorial", "colour": 1}}, "design.colour", " in [design]",
+         "reference"),
+        ({"matched_flops": {"colour": 1}}, "matched_flops.colour", " in [matched_flops]",
+         "tolerance"),
+        ({"plan": {"colour": 1}}, "plan.colour", " in [plan]", "assumed_mfu"),
+        (
+            {"plan": {"gpus": [{"name": "x", "peak_flops": 1, "utilisation": 1,
+                                "price_per_hour": 1, "colour": 1}]}},
+            "plan.gpus[0].colour", " in [plan.gpus[0]]", "price_per_hour",
+        ),
+        ({"preregistration": {"primary_metric": "loss.BWT", "colour": 1}},
+         "preregistration.colour", " in [preregistration]", "primary_metric"),
+        (
+            {"preregistration": {"primary_metric": "loss.BWT", "hypotheses": [
+                {"id": "H", "statement": "s", "criterion": "1 < 2", "colour": 1}]}},
+            "preregistration.hypotheses[0].colour", " in [preregistration.hypotheses[0]]",
+            "criterion",
+        ),
+    ],
+)
+def test_an_unknown_study_key_lists_the_keys_allowed_in_its_section(patch, key, section,
+                                                                    one_allowed):
+    with pytest.raises(ConfigError) as err:
+        load_spec(lr_depth_spec(**patch))
+    message = str(err.value)
+    assert f"unknown key {key!r} (value 1); allowed{section}: [" in message
+    assert f"'{one_allowed}'" in message and "\n" not in message
+
+
+def test_a_mechanism_that_does_not_fit_a_group_is_refused_at_expansion():
+    raw = lr_depth_spec()
+    raw["factors"]["L"]["L3"] = {"mechanisms": [{"name": "lifelong_moe"}]}
+    spec, _ = load_spec(raw)
+    with pytest.raises(ConfigError, match=r"group 'lo_L3' .*lifelong_moe' needs an MoE model: "
+                                          r"model.ffn = 'mlp'; allowed: 'moe'"):
+        expand(spec)

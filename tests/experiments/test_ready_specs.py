@@ -6,7 +6,7 @@ hour into a study)."""
 import pytest
 
 from forgetlab.config import load_toml
-from forgetlab.experiments.design import design_groups, expand
+from forgetlab.experiments.design import design_groups, expand, same_shape_configs
 from forgetlab.experiments.spec import load_spec
 from forgetlab.mechanisms import build_mechanisms
 from forgetlab.specs import specs_dir
@@ -26,7 +26,9 @@ CASES = [
 def test_ready_spec_expands_into_valid_runs(path, scale):
     spec, _ = load_spec(load_toml(path), scale)
     groups = design_groups(spec)
-    runs = expand(spec, {g.name: 10 for g in groups})
+    configs, _ = same_shape_configs(spec)
+    # matched-FLOPs steps as short as a warmup allows (a shorter one is refused by name)
+    runs = expand(spec, {g: max(10, c.train.warmup_steps) for g, c in configs.items()})
     assert runs and {r.group for r in runs} == {g.name for g in groups}
     for run in runs:
-        build_mechanisms(run.config.mechanisms)
+        build_mechanisms(run.config.mechanisms, run.config)

@@ -80,8 +80,10 @@ def test_loss_policy_scores_rows_with_the_steps_own_losses():
 
 def test_capacity_below_domain_count_is_refused_for_per_domain_policies():
     m = replay(capacity=2, policy="balanced")
+    run = resolve_run_config({"model": {"preset": "micro"},
+                              "data": {"domains": ["code", "math", "legal"]}})
     with pytest.raises(ConfigError, match="capacity >= 3"):
-        m.setup(fake_ctx(n_domains=3))
+        m.check_run(run)
 
 
 def test_herding_replay_on_the_trainer(fixture_data, tmp_path):

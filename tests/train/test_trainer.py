@@ -100,6 +100,40 @@ def test_unfinished_run_with_other_config_is_refused(fixture_data, tmp_path):
         Trainer(micro_config(fixture_data), out, progress=False)
 
 
+def test_a_run_that_failed_before_its_first_checkpoint_accepts_a_corrected_config(
+    fixture_data, tmp_path
+):
+    """The corrected command after a failure in set-up is not refused: nothing was trained."""
+    out = tmp_path / "run"
+    wrong = micro_config(fixture_data, domains=2, mechanisms=[{"name": "lora", "targets": ["x"]}])
+    with pytest.raises(ConfigError, match=r"match no nn\.Linear"):
+        Trainer(wrong, out, progress=False).run()
+    failed = RunDir(out).read()
+    assert failed["status"] == "failed" and not RunDir(out).has_checkpoint()
+    (out / "tb").mkdir(exist_ok=True)
+    (out / "tb" / "events.stale").write_text("x")
+
+    record = Trainer(micro_config(fixture_data, domains=2), out, progress=False).run()
+    assert record["status"] == "finished" and record["config_hash"] != failed["config_hash"]
+    assert not (out / "tb" / "events.stale").exists()
+
+
+def test_a_failed_run_with_a_checkpoint_refuses_another_config(fixture_data, tmp_path):
+    out = RunDir(tmp_path / "run")
+    (out.latest).mkdir(parents=True)
+    (out.latest / "trainer.pt").write_bytes(b"")
+    out.write_run_json({"status": "failed", "config_hash": "other"})
+    with pytest.raises(ConfigError, match="unfinished run with another config"):
+        Trainer(micro_config(fixture_data), out.root, progress=False)
+
+
+def test_an_out_that_is_a_file_is_refused_by_name(fixture_data, tmp_path):
+    (tmp_path / "f").write_text("notes")
+    with pytest.raises(ConfigError, match=r"--out '.*f' is a file, not a directory"):
+        Trainer(micro_config(fixture_data), tmp_path / "f", progress=False)
+    assert (tmp_path / "f").read_text() == "notes"
+
+
 def test_resumed_run_ends_bitwise_equal_to_uninterrupted(fixture_data, tmp_path, killed_run):
     cfg = micro_config(fixture_data, domains=2, checkpoint_every=4)
     ref = Trainer(cfg, tmp_path / "ref", progress=False).run()

@@ -18,24 +18,40 @@ from forgetlab.analysis.conclusions import conclude
 from forgetlab.analysis.effects import factorial_effects
 from forgetlab.analysis.gains import marginal_gains
 from forgetlab.analysis.hypotheses import ALIASES, judge
-from forgetlab.analysis.load import FINISHED, Experiment, metric_columns
+from forgetlab.analysis.load import FINISHED, Experiment, metric_columns, preregistration_hash
 from forgetlab.analysis.registry import DEFAULT_PRIMARY, SECONDARY, lower_is_better
 from forgetlab.analysis.stats import compare_to_reference, group_stats
 
 
 def preregistration_status(meta: dict[str, Any]) -> dict[str, Any]:
-    """The block, its stored hash, and whether it changed after the first run started."""
-    block = meta.get("preregistration")
-    stored, now = meta.get("preregistration_sha256"), meta.get("preregistration_sha256_now")
-    changed = bool(meta.get("preregistration_changed")) or (now is not None and now != stored)
-    status = "absent" if block is None else ("changed" if changed else "unchanged")
+    """The block, its stored hash, and whether it was changed or added after the first run.
+
+    ``status``: ``absent`` (never any block), ``unchanged`` (the block hashed when the first run
+    started, still the same), ``changed`` (a later invocation's block differs, or the stored block
+    no longer matches its hash) or ``added`` (no block when the first run started: one given by a
+    later invocation, or written into experiment.json afterwards). ``changed`` is true for both of
+    the last two: their tests are exploratory.
+    """
+    block, stored = meta.get("preregistration"), meta.get("preregistration_sha256")
+    now = meta.get("preregistration_sha256_now")
+    if block is None and stored is None:
+        block = meta.get("preregistration_now")  # given after the first run started
+        status = "absent" if block is None else "added"
+    elif stored is None:
+        status, now = "added", preregistration_hash(block)  # written into experiment.json later
+    elif block is not None and preregistration_hash(block) != stored:
+        status, now = "changed", preregistration_hash(block)  # the stored block was edited
+    elif meta.get("preregistration_changed") or (now is not None and now != stored):
+        status = "changed"
+    else:
+        status = "unchanged"
     return {
         "status": status,
         "block": block,
         "sha256": stored,
         "sha256_now": now,
         "registered_at": meta.get("preregistered_at"),
-        "changed": changed,
+        "changed": status in ("changed", "added"),
     }
 
 

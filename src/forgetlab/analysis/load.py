@@ -8,6 +8,7 @@ with their status (so the report can list them) and are dropped from the statist
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,15 @@ RESULTS = "results.parquet"
 FINISHED = "finished"
 # Columns that identify a run; every other numeric column is a metric.
 ID_COLUMNS = ("run_id", "group", "seed", "order", "budget", "status", "error")
+
+
+def preregistration_hash(block: dict[str, Any] | None) -> str | None:
+    """sha256 of a pre-registration block's canonical JSON (key order and whitespace do not
+    matter); experiment.json stores it when the first run starts."""
+    if block is None:
+        return None
+    canonical = json.dumps(block, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass
@@ -45,7 +55,9 @@ class Experiment:
 
     @property
     def preregistration(self) -> dict[str, Any] | None:
-        return self.meta.get("preregistration")
+        """The registered block; a block first given after the first run started (then only
+        exploratory, as the report says) when none was registered."""
+        return self.meta.get("preregistration") or self.meta.get("preregistration_now")
 
     @property
     def reference(self) -> str | None:

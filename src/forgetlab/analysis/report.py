@@ -102,13 +102,26 @@ def section_glance(doc: Doc, an: dict[str, Any]) -> None:
         doc.bullets(lines)
 
 
+PREREG_STATUS = {
+    "unchanged": "unchanged since registration",
+    "changed": "CHANGED after registration",
+    "added": "ADDED after the first run (not registered)",
+}
+
+
 def section_prereg(doc: Doc, an: dict[str, Any]) -> None:
     pr = an["preregistration"]
     doc.h(2, "Pre-registration")
     if pr["status"] == "absent":
         doc.p("No pre-registration block: every test in this report is exploratory.")
         return
-    if pr["changed"]:
+    if pr["status"] == "added":
+        doc.warn(
+            "the pre-registration block was ADDED after the first run started (no block was "
+            f"registered then; its hash now `{pr['sha256_now']}`). It registers nothing: treat "
+            "the tests as exploratory."
+        )
+    elif pr["changed"]:
         doc.warn(
             f"the pre-registration block CHANGED after the first run started: hash at registration "
             f"`{pr['sha256']}`, now `{pr['sha256_now']}`. Treat the tests as exploratory."
@@ -121,9 +134,9 @@ def section_prereg(doc: Doc, an: dict[str, Any]) -> None:
             ["test", b.get("test")],
             ["alpha", b.get("alpha")],
             ["correction", b.get("correction")],
-            ["sha256 (at the first run)", f"`{pr['sha256']}`"],
+            ["sha256 (at the first run)", f"`{pr['sha256']}`" if pr["sha256"] else "none"],
             ["registered at", pr["registered_at"]],
-            ["status", "CHANGED" if pr["changed"] else "unchanged since registration"],
+            ["status", PREREG_STATUS[pr["status"]]],
         ],
     )
 

@@ -13,21 +13,35 @@ from typing import Any
 import tomllib
 from pydantic import ValidationError
 
-from forgetlab.config.errors import ConfigError
-from forgetlab.config.presets import get_preset
+from forgetlab.config.errors import ConfigError, format_validation_error
+from forgetlab.config.presets import PRESETS, get_preset
 from forgetlab.config.schema import RunConfig
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML file, turning syntax errors into a :class:`ConfigError` with the file name."""
+    """Read a TOML spec; a missing path, a directory, an empty file or a syntax error is a
+    :class:`ConfigError` naming the file."""
     p = Path(path)
+    if p.is_dir():
+        specs = sorted(q.name for q in p.glob("*.toml"))
+        inside = f"; the .toml files in it: {specs}" if specs else ""
+        raise ConfigError(f"spec file {str(p)!r} is a directory, not a TOML file{inside}")
     if not p.is_file():
         raise ConfigError(f"spec file {str(p)!r} does not exist")
     try:
-        with p.open("rb") as f:
-            return tomllib.load(f)
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"spec file {str(p)!r} is not UTF-8 text (byte {e.start}): a spec is a TOML file"
+        ) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"spec file {str(p)!r} is not valid TOML: {e}") from None
+    if not raw:
+        raise ConfigError(
+            f"spec file {str(p)!r} is empty: a run spec needs at least a [model] preset (or a "
+            "[data] tokenizer); a study spec a name and its [factors] or [groups]"
+        )
+    return raw
 
 
 def parse_value(text: str) -> Any:
@@ -65,22 +79,6 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
     return out
 
 
-def _format_validation_error(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"])
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            lines.append(f"unknown key {loc!r} (value {e['input']!r})")
-        elif e["type"] == "value_error":  # our validators name the keys and values themselves
-            lines.append(msg)
-        elif loc:
-            lines.append(f"{loc} = {e.get('input')!r}: {msg}")
-        else:
-            lines.append(msg)
-    return "invalid config: " + "; ".join(lines)
-
-
 def resolve_run_config(raw: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
     """Merge defaults, preset, spec and overrides into one validated :class:`RunConfig`."""
     merged = apply_overrides(raw, overrides)
@@ -103,9 +101,15 @@ def resolve_run_config(raw: dict[str, Any], overrides: list[str] | None = None) 
         model, data = resolve_init(model, data, origins)
     merged["model"], merged["data"] = model, data
     try:
-        return RunConfig.model_validate(merged)
+        cfg = RunConfig.model_validate(merged)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(e)) from None
+        raise ConfigError(format_validation_error(e, RunConfig, "invalid config")) from None
+    if cfg.data.tokenizer is None:
+        raise ConfigError(
+            "data.tokenizer is not set and there is no model.preset to take it from: set "
+            f"model.preset (allowed: {sorted(PRESETS)}) or data.tokenizer (gpt2 | bpe-<N>)"
+        )
+    return cfg
 
 
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

@@ -291,3 +291,22 @@ class RunConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     mechanisms: list[MechanismConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> RunConfig:
+        """A warmup longer than the schedule it starts would end every stage (with ``rewarm``) or
+        the run (without) before the learning rate reaches ``train.lr``: almost surely a typo."""
+        t, n = self.train, len(self.data.domains)
+        span = t.steps_per_stage if t.rewarm else t.steps_per_stage * n
+        if t.warmup_steps > span:
+            where = (
+                f"train.steps_per_stage = {t.steps_per_stage} (train.rewarm = true restarts the "
+                "warmup at every stage)"
+                if t.rewarm
+                else f"the whole schedule, train.steps_per_stage = {t.steps_per_stage} x {n} domains"
+            )
+            raise ValueError(
+                f"train.warmup_steps = {t.warmup_steps} is larger than {where}: the learning "
+                f"rate would never reach train.lr; allowed: 0..{span}"
+            )
+        return self

@@ -145,7 +145,7 @@ def resolve_group(
     try:
         raw = deep_merge(apply_overrides(group_raw(spec, group), spec.overrides), extra)
         cfg = resolve_run_config(raw)
-        build_mechanisms(cfg.mechanisms)  # names and knobs, before any run starts
+        build_mechanisms(cfg.mechanisms, cfg)  # names, knobs and fit, before any run starts
     except ConfigError as e:
         where = f"levels {group.levels}" if group.levels else "its patch"
         raise ConfigError(f"group {group.name!r} ({where}): {e}") from None

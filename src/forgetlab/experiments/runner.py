@@ -14,13 +14,15 @@ import platform
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from forgetlab.config import RunConfig
+from forgetlab.config import ConfigError, RunConfig
 from forgetlab.experiments.budgets import calibration_window, group_flops, match_steps
 from forgetlab.experiments.design import PlannedRun, expand, same_shape_configs
 from forgetlab.experiments.executors import RunTask, make_executor
@@ -134,11 +136,19 @@ def run_experiment(
     spec, scale = load_spec(raw, scale)
     spec.overrides = [*spec.overrides, *(overrides or [])]
     store = ExperimentStore(out)
-    with DirectoryLock(store.root):
-        ex = make_executor(executor, workers, store.root / "logs", spec.devices_per_run)
-        configs, reference = same_shape_configs(spec)
+    # everything that can be checked without running is checked before --out is created
+    if store.root.exists() and not store.root.is_dir():
+        raise ConfigError(
+            f"--out {str(store.root)!r} is a file, not a directory; choose a new directory"
+        )
+    ex = make_executor(executor, workers, store.root / "logs", spec.devices_per_run)
+    configs, reference = same_shape_configs(spec)
+    # every run's config (other seeds and orders included); matched budgets need calibration
+    planned = None if "matched_flops" in spec.budgets else expand(spec)
+    with _removed_if_left_empty(store.root), DirectoryLock(store.root):
         ensure_data(list(configs.values()), progress=not quiet)
-        planned = expand(spec, matched_steps(spec, store))
+        if planned is None:
+            planned = expand(spec, matched_steps(spec, store))
         doc = store.begin(
             _fields(raw, spec, scale, reference, planned),
             argv or sys.argv,
@@ -189,6 +199,19 @@ def run_experiment(
         "failed": failed,
         "errors": {i: str(frame.loc[frame.run_id == i, "error"].iloc[0]) for i in failed},
     }
+
+
+@contextmanager
+def _removed_if_left_empty(root: Path) -> Iterator[None]:
+    """A directory this invocation creates and leaves empty (it failed before writing anything,
+    e.g. on data preparation) is removed again, so a failed command leaves nothing behind."""
+    created = not root.exists()
+    try:
+        yield
+    except BaseException:
+        if created and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()
+        raise
 
 
 def _fields(

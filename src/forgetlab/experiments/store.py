@@ -17,7 +17,6 @@ a later invocation with another block keeps the original hash and flags the chan
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from datetime import datetime, timezone
@@ -27,6 +26,7 @@ from typing import Any
 import pandas as pd
 
 from forgetlab.analysis.columns import empty_metrics, flatten_record
+from forgetlab.analysis.load import preregistration_hash
 from forgetlab.atomic import atomic_write, atomic_write_json, atomic_write_text
 from forgetlab.config import ConfigError
 from forgetlab.train.rundir import RunDir
@@ -42,14 +42,6 @@ def default_study_dir(name: str, scale: str | None) -> Path:
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat()
-
-
-def preregistration_hash(block: dict[str, Any] | None) -> str | None:
-    """sha256 of the block's canonical JSON (key order and whitespace do not matter)."""
-    if block is None:
-        return None
-    canonical = json.dumps(block, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class ExperimentStore:

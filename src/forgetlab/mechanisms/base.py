@@ -2,6 +2,8 @@
 
 A mechanism is a class registered by name. The trainer calls, in this order, whatever it defines:
 
+* ``check_run(run)`` when the run's config is validated, before any data, model or directory
+  exists: refuse a run this mechanism cannot work in (the model's parts, the stream's length)
 * ``setup(ctx)`` once per run (after the model and optimizer exist, before any evaluation)
 * ``on_stage_start(ctx)`` / ``on_stage_end(ctx)`` around each domain's training
 * ``make_batch(ctx, batch) -> batch`` for every micro-batch (mix replay in, re-weight tokens)
@@ -41,7 +43,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
-from forgetlab.config import ConfigError, MechanismConfig
+from forgetlab.config import ConfigError, MechanismConfig, format_validation_error
 
 if TYPE_CHECKING:
     from forgetlab.config import RunConfig
@@ -120,6 +122,11 @@ class Mechanism:
         to), then ``setup``."""
         self.device = ctx.device
         self.setup(ctx)
+
+    def check_run(self, run: RunConfig) -> None:
+        """Raise :class:`ConfigError` (naming the keys and values at odds) when these knobs cannot
+        work in ``run``. Called by :func:`build_mechanisms` with the run's config, before any data,
+        model or run directory exists, so a misfit is reported up front and leaves nothing behind."""
 
     def setup(self, ctx: TrainContext) -> None:
         """Called once, before the initial evaluation."""
@@ -246,8 +253,11 @@ def register(cls: type[Mechanism]) -> type[Mechanism]:
     return cls
 
 
-def build_mechanisms(configs: list[MechanismConfig]) -> list[Mechanism]:
-    """Instantiate the configured mechanisms, validating names, knobs and combinations."""
+def build_mechanisms(
+    configs: list[MechanismConfig], run: RunConfig | None = None
+) -> list[Mechanism]:
+    """Instantiate the configured mechanisms, validating names, knobs and combinations, and,
+    given the ``run`` they are for, that each fits it (:meth:`Mechanism.check_run`)."""
     out: list[Mechanism] = []
     for i, cfg in enumerate(configs):
         cls = MECHANISMS.get(cfg.name)
@@ -259,10 +269,8 @@ def build_mechanisms(configs: list[MechanismConfig]) -> list[Mechanism]:
         try:
             knobs = cls.Knobs.model_validate(cfg.knobs)
         except ValidationError as e:
-            valid = sorted(cls.Knobs.model_fields)
-            problems = "; ".join(_describe(err) for err in e.errors())
             raise ConfigError(
-                f"mechanism {cfg.name!r}: {problems} (valid knobs: {valid})"
+                format_validation_error(e, cls.Knobs, f"mechanism {cfg.name!r}")
             ) from None
         out.append(cls(knobs))
     names = [m.name for m in out]
@@ -273,15 +281,9 @@ def build_mechanisms(configs: list[MechanismConfig]) -> list[Mechanism]:
         if clash:
             why = f": {m.incompatible_reason}" if m.incompatible_reason else ""
             raise ConfigError(f"mechanism {m.name!r} cannot be combined with {sorted(clash)}{why}")
+        if run is not None:
+            m.check_run(run)
     return out
-
-
-def _describe(err: Any) -> str:
-    """One knob error as 'key = value: why' (whole-knob-set checks carry their own wording)."""
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    if not err["loc"]:
-        return msg
-    return f"{'.'.join(map(str, err['loc']))} = {err.get('input')!r}: {msg}"
 
 
 def parse_mechanism_option(text: str) -> MechanismConfig:

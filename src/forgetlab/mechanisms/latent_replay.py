@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from forgetlab.config import ConfigError
+from forgetlab.config import ConfigError, RunConfig
 from forgetlab.mechanisms.base import Batch, Mechanism, StepOutput, TrainContext, register
 from forgetlab.mechanisms.parts.buffers import SequenceBuffer, check_capacity, stream_rows
 
@@ -86,15 +86,18 @@ class LatentReplay(Mechanism):
         self.model: Any = None
         self.frozen = False
 
-    def setup(self, ctx: TrainContext) -> None:
-        model, k = ctx.model, self.knobs
-        n_layer = len(model.blocks)
+    def check_run(self, run: RunConfig) -> None:
+        k, n_layer = self.knobs, run.model.n_layer
         if k.layer >= n_layer:
             raise ConfigError(
                 f"mechanism 'latent_replay': layer = {k.layer} leaves no block above the cut "
-                f"of a {n_layer}-block model; use 1 <= layer < {n_layer}"
+                f"of model.n_layer = {n_layer}; allowed: 1..{n_layer - 1}"
             )
-        check_capacity(k.capacity, k.policy, ctx, self.name)
+        check_capacity(k.capacity, k.policy, run, self.name)
+
+    def setup(self, ctx: TrainContext) -> None:
+        model, k = ctx.model, self.knobs
+        n_layer = len(model.blocks)
         model.blocks[k.layer - 1].register_forward_hook(self.capture)
         cfg = model.config
         blocks_above = sum(p.numel() for b in model.blocks[k.layer :] for p in b.parameters())

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from forgetlab.config import ConfigError
+from forgetlab.config import ConfigError, RunConfig
 from forgetlab.mechanisms.base import Batch, Mechanism, StepOutput, TrainContext, register
 from forgetlab.models import GPT, model_flops_per_token
 from forgetlab.models.moe import MoE
@@ -46,18 +46,29 @@ class LifelongMoE(Mechanism):
         self.teacher: GPT | None = None
         self.forward_per_token = 0  # FLOPs of the teacher's forward on one token
 
+    def check_run(self, run: RunConfig) -> None:
+        m = run.model
+        if m.ffn != "moe":
+            raise ConfigError(
+                f"mechanism 'lifelong_moe' needs an MoE model: model.ffn = {m.ffn!r}; "
+                "allowed: 'moe'"
+            )
+        if m.moe.every_n > m.n_layer:
+            raise ConfigError(
+                f"mechanism 'lifelong_moe' needs an MoE layer: model.moe.every_n = "
+                f"{m.moe.every_n} exceeds model.n_layer = {m.n_layer}; allowed: 1..{m.n_layer}"
+            )
+        if m.moe.added_experts:
+            raise ConfigError(
+                f"model.moe.added_experts = {m.moe.added_experts}: lifelong_moe allocates the "
+                "expert blocks itself; leave it empty"
+            )
+
     def setup(self, ctx: TrainContext) -> None:
         self.model = ctx.model
         self.layers = [m for m in ctx.model.modules() if isinstance(m, MoE)]
-        if not self.layers:
-            raise ConfigError("mechanism 'lifelong_moe' needs an MoE model: set model.ffn = 'moe'")
         added = [self.knobs.new_experts] * (len(ctx.stream.domains) - 1)
         moe_cfg = ctx.model.config.moe
-        if moe_cfg.added_experts:
-            raise ConfigError(
-                f"model.moe.added_experts = {moe_cfg.added_experts}: lifelong_moe allocates the "
-                "expert blocks itself; leave it empty"
-            )
         for layer in self.layers:
             like = layer.router[0]
             for size in added:

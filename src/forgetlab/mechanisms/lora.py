@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from forgetlab.config import ConfigError
+from forgetlab.config import ConfigError, RunConfig
 from forgetlab.mechanisms.base import Batch, Mechanism, StepOutput, TrainContext, register
 
 # The block projections of every FFN/attention variant, and the output head: a new domain's token
@@ -139,6 +139,14 @@ class LoRA(Mechanism):
         self.train_per_token = 0  # adapter FLOPs of one training token
 
     # ------------------------------------------------------------------------------- set-up
+    def check_run(self, run: RunConfig) -> None:
+        n_domains = len(run.data.domains)
+        if self.knobs.base_stages >= n_domains:
+            raise ConfigError(
+                f"mechanism 'lora': base_stages = {self.knobs.base_stages} leaves no stage for "
+                f"adapters (data.domains has {n_domains}); allowed: 0..{n_domains - 1}"
+            )
+
     def setup(self, ctx: TrainContext) -> None:
         k = self.knobs
         linears = {n: m for n, m in ctx.model.named_modules() if isinstance(m, nn.Linear)}
@@ -155,11 +163,6 @@ class LoRA(Mechanism):
                 "embedding; leave lm_head out of targets or set model.tie_embeddings = false"
             )
         n_domains = len(ctx.stream.domains)
-        if k.base_stages >= n_domains:
-            raise ConfigError(
-                f"mechanism 'lora': base_stages = {k.base_stages} leaves no stage for adapters "
-                f"(the stream has {n_domains} domains)"
-            )
         # the base weights this mechanism freezes (not those the model itself keeps frozen)
         self.base = [p for p in ctx.model.parameters() if p.requires_grad]
         for name, linear in self.targets.items():

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 import torch
 from pydantic import Field
 
+from forgetlab.config import ConfigError, RunConfig
 from forgetlab.mechanisms.base import Batch, Mechanism, TrainContext, register
 from forgetlab.mechanisms.parts.importance import draw_windows, trainable
 
@@ -60,9 +61,14 @@ class PackNet(Mechanism):
         self.snapshot: dict[str, torch.Tensor] | None = None  # values frozen positions must hold
         self.retraining = False
 
+    def check_run(self, run: RunConfig) -> None:
+        if len(run.data.domains) > 255:  # owners are stored as uint8
+            raise ConfigError(
+                f"mechanism 'packnet' keeps at most 255 domains; data.domains has "
+                f"{len(run.data.domains)}"
+            )
+
     def setup(self, ctx: TrainContext) -> None:
-        if len(ctx.stream.domains) > 255:
-            raise ValueError(f"packnet keeps at most 255 domains, got {len(ctx.stream.domains)}")
         for name, p in trainable(ctx.model).items():
             if p.dim() >= 2:
                 self.owner[name] = torch.zeros(p.shape, dtype=torch.uint8, device=p.device)

@@ -84,8 +84,8 @@ class Sleep(Mechanism):
         rows = knobs.batch_size or cfg.train.batch_size
         return float(phases * knobs.steps * rows * cfg.model.block_size * per_token["train"])
 
-    def setup(self, ctx: TrainContext) -> None:
-        check_capacity(self.knobs.capacity, self.buffer.policy, ctx, self.name)
+    def check_run(self, run: RunConfig) -> None:
+        check_capacity(self.knobs.capacity, self.buffer.policy, run, self.name)
 
     def make_batch(self, ctx: TrainContext, batch: Batch) -> Batch:
         self.pending = self.knobs.source == "real"

@@ -20,10 +20,9 @@ def train_run(cfg: RunConfig, out: str | Path | None = None, progress: bool = Tr
     """Validate the mechanisms, refuse a finished run directory, prepare the data, train; the
     returned dict is the finished run.json. Every refusal comes before any work."""
     from forgetlab.data import prepare
-    from forgetlab.mechanisms import build_mechanisms
     from forgetlab.train.trainer import Trainer
 
-    build_mechanisms(cfg.mechanisms)  # validate knobs before any work
+    # checks each mechanism's knobs and fit to the run, and the run directory, before any work
     trainer = Trainer(cfg, out or default_run_dir(cfg), progress=progress)
     assert cfg.data.tokenizer is not None, "resolve_run_config fills the tokenizer"
     prepare(

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,8 @@ LATEST = "latest"
 TENSORBOARD = "tb"
 MODEL_FILE = "model.safetensors"
 TRAINER_FILE = "trainer.pt"
+
+log = logging.getLogger("forgetlab.train")
 
 
 def config_hash(cfg: RunConfig) -> str:
@@ -90,7 +94,15 @@ class RunDir:
 
         A finished run is never overwritten. A run that stopped (killed or failed) resumes from its
         last checkpoint, but only with the same config: anything else would mix two experiments.
+        A run that failed before its first checkpoint kept nothing trained, so it may be started
+        again with another config (the corrected command after a failure); its files are
+        replaced.
         """
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(
+                f"--out {str(self.root)!r} is a file, not a directory; choose a new or empty "
+                "directory"
+            )
         existing = self.read()
         if existing is None:
             if self.root.exists() and any(self.root.iterdir()):
@@ -105,12 +117,26 @@ class RunDir:
                 "it is never overwritten: choose another --out"
             )
         if existing.get("config_hash") != config_hash(cfg):
+            if existing.get("status") == "failed" and not self.has_checkpoint():
+                log.warning(
+                    "%s: replacing a run that failed before its first checkpoint (config %s) by "
+                    "config %s", self.root, existing.get("config_hash"), config_hash(cfg)
+                )
+                self.discard_attempt()
+                return False
             raise ConfigError(
                 f"--out {str(self.root)!r} holds an unfinished run with another config "
                 f"({existing.get('config_hash')} != {config_hash(cfg)}); resume it with the same "
                 "spec and overrides, or choose another --out"
             )
         return self.has_checkpoint()
+
+    def discard_attempt(self) -> None:
+        """Remove what an attempt without a checkpoint wrote (its record, curves and TensorBoard
+        events), so that the next attempt's files are not mixed with it."""
+        self.run_json.unlink(missing_ok=True)
+        self.curves.unlink(missing_ok=True)
+        shutil.rmtree(self.tensorboard, ignore_errors=True)
 
     def write_run_json(self, data: dict[str, Any]) -> None:
         atomic_write_json(self.run_json, data)

@@ -109,6 +109,8 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = RunDir(out)
         self.progress = progress
+        # names, knobs and each mechanism's fit to this run, before any data, model or directory
+        self.mechanisms = build_mechanisms(cfg.mechanisms, cfg)
         self.resume = self.run_dir.check_usable(cfg)
 
     # ----------------------------------------------------------------------------- setup
@@ -134,7 +136,6 @@ class Trainer:
         self.ddp_trainable: tuple[bool, ...] | None = None
         self._wrap_data_parallel()
         self.optimizer = build_optimizer(self.model, cfg)
-        self.mechanisms = build_mechanisms(cfg.mechanisms)
 
         token_bytes = tok.token_byte_lengths()
         n_windows = cfg.data.val_batches * cfg.train.batch_size

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from forgetlab.config import ConfigError
+from forgetlab.config import ConfigError, RunConfig
 from forgetlab.mechanisms.base import Batch, Mechanism, StepOutput, TrainContext
 from forgetlab.models import model_flops_per_token
 
@@ -352,10 +352,10 @@ def commit_herding(buffer: SequenceBuffer, ctx: TrainContext, batch_size: int = 
     return float(model_flops_per_token(model.config, seq)["forward"] * seq * len(x))
 
 
-def check_capacity(capacity: int, policy: str, ctx: TrainContext, who: str) -> None:
+def check_capacity(capacity: int, policy: str, run: RunConfig, who: str) -> None:
     """Per-domain policies give floor(K / t) slots per domain: K below the number of domains would
     leave the last domains no slot at all."""
-    n = len(ctx.stream.domains)
+    n = len(run.data.domains)
     if policy in PER_DOMAIN and capacity < n:
         raise ConfigError(
             f"mechanism {who!r}: capacity = {capacity} with policy = {policy!r} gives "
@@ -384,8 +384,8 @@ class BatchReplay(Mechanism):
         self.knobs: BatchReplay.Knobs = knobs
         self.buffer = buffer
 
-    def setup(self, ctx: TrainContext) -> None:
-        check_capacity(self.knobs.capacity, self.buffer.policy, ctx, self.name)
+    def check_run(self, run: RunConfig) -> None:
+        check_capacity(self.knobs.capacity, self.buffer.policy, run, self.name)
 
     def make_batch(self, ctx: TrainContext, batch: Batch) -> Batch:
         n_old = round(batch.x.shape[0] * self.knobs.old_share())
