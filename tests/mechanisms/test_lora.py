@@ -121,7 +121,7 @@ def test_merge_refuses_an_adapter_on_the_tied_head(fixture_data, tmp_path):
 
 def test_base_stages_must_leave_a_stage_for_the_adapters(fixture_data, tmp_path):
     cfg = micro_config(fixture_data, [{**LORA, "base_stages": 2}], domains=2)
-    with pytest.raises(ConfigError, match=r"base_stages = 2 leaves no stage.*2 domains"):
+    with pytest.raises(ConfigError, match=r"base_stages = 2 leaves no stage.*data.domains has 2\); allowed: 0..1"):
         Trainer(cfg, tmp_path / "bad", progress=False).run()
 
 

@@ -218,7 +218,7 @@ def test_frozen_qk_buffers_count_as_frozen_parameters_in_the_run_record(fixture_
     from forgetlab.models import build_model
     from forgetlab.models.inspection import inspect_model
 
-    cfg = micro_config(fixture_data, domains=1, steps_per_stage=1)
+    cfg = micro_config(fixture_data, domains=1, steps_per_stage=1, warmup_steps=0)
     cfg.model.attention, cfg.model.freeze_qk = "orthogonal", True
     record = Trainer(cfg, tmp_path / "r", progress=False).run()
     params = record["parameters"]
