@@ -158,6 +158,15 @@ def _prepare_bad_val_fraction(tmp: Path, data) -> list[str]:
             "--cache-dir", str(tmp / "o")]
 
 
+def _init_over_an_existing_file(tmp: Path, data) -> list[str]:
+    (tmp / "mine.toml").write_text("# my notes\n")
+    return ["init", str(tmp / "mine"), "--from", "quickstart"]
+
+
+def _init_from_an_unknown_spec(tmp: Path, data) -> list[str]:
+    return ["init", str(tmp / "mine"), "--from", "nosuchspec"]
+
+
 def _bench_bad_override(tmp: Path, data) -> list[str]:
     return ["bench", "train", "--preset", "micro", "--set", "model.n_head=3"]
 
@@ -167,7 +176,7 @@ CASES: list[tuple[str, Callable[[Path, object], list[str]], str]] = [
     ("run", _empty, r"spec file '.*s\.toml' is empty"),
     ("run", _out_is_a_file, r"--out '.*o' is a file, not a directory"),
     ("run", _study_out_is_a_file, r"--out '.*o' is a file, not a directory"),
-    ("run", _spec_is_a_directory, r"spec file '.*specs' is a directory, not a TOML file"),
+    ("run", _spec_is_a_directory, r"spec (file )?'.*specs' is a directory, not a TOML file"),
     ("run", _binary_spec, r"spec file '.*s\.toml' is not UTF-8 text \(byte 8\)"),
     ("run", _lifelong_moe_on_dense, r"'lifelong_moe' needs an MoE model: model\.ffn = 'mlp'; "
                                     r"allowed: 'moe'"),
@@ -196,6 +205,10 @@ CASES: list[tuple[str, Callable[[Path, object], list[str]], str]] = [
     ("data prepare", _prepare_bad_files_option, r"'notes' is not NAME=VALUE"),
     ("data prepare", _prepare_bad_val_fraction, r"source 'notes': val_fraction = 2\.0: Input "
                                                 r"should be less than 1"),
+    ("init", _init_over_an_existing_file, r"'.*mine\.toml' already exists; it is never "
+                                          r"overwritten"),
+    ("init", _init_from_an_unknown_spec, r"spec 'nosuchspec' is neither an existing file nor a "
+                                         r"shipped spec; shipped: \['cl_mechanisms'"),
     ("bench train", _bench_bad_override, r"model\.n_embd = 64 is not divisible by model\.n_head"),
 ]
 # commands that take no input a user can get wrong (beyond what typer itself checks)
@@ -237,6 +250,7 @@ def test_an_unknown_exception_keeps_its_traceback(monkeypatch, tmp_path):
         raise RuntimeError("a bug, not a bad input")
 
     monkeypatch.setattr(forgetlab.config, "load_toml", broken)
+    (tmp_path / "s.toml").write_text('name = "x"\n')
     result = CliRunner().invoke(app, ["run", str(tmp_path / "s.toml")])
     assert isinstance(result.exception, RuntimeError) and result.exit_code == 1
     assert "error: " not in result.stderr
