@@ -117,7 +117,8 @@ def test_overrides_as_a_dict_equal_the_command_line_form(tmp_path):
 
 def test_load_run_gives_the_typed_record_or_the_dict(fixture_data, tmp_path):
     spec = {"name": "load", "model": {"preset": "micro"}, "data": fixture_data_dict(fixture_data, 1),
-            "train": {"steps_per_stage": 2, "batch_size": 2, "precision": "fp32", "threads": 1}}  # fmt: skip
+            "train": {"steps_per_stage": 2, "warmup_steps": 1, "batch_size": 2, "precision": "fp32",
+                      "threads": 1}}  # fmt: skip
     record = forgetlab.run(spec, out=tmp_path / "run")
     raw = forgetlab.load_run(tmp_path / "run", typed=False)
     assert raw == json.loads((tmp_path / "run" / "run.json").read_text())
