@@ -117,6 +117,8 @@ def test_a_spec_with_no_tokenizer_and_no_preset_says_which_key_to_set():
             "data.sources.mine.colour", " in [data.sources.mine]", "text_field",
         ),
         ({"train": {"colour": 1}}, "train.colour", " in [train]", "warmup_steps"),
+        ({"model": {"init": {"path": "x", "colour": 1}}}, "model.init.colour", " in [model.init]",
+         "sha256"),
     ],
 )
 def test_an_unknown_key_lists_the_keys_allowed_in_its_section(raw, key, section, one_allowed):

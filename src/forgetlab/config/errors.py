@@ -26,20 +26,24 @@ class ConfigError(ForgetlabError, ValueError):
     """A spec, ``--set`` override or config value that cannot be used."""
 
 
-def format_validation_error(err: ValidationError, schema: type[BaseModel], what: str) -> str:
+def format_validation_error(
+    err: ValidationError, schema: type[BaseModel], what: str, at: tuple[int | str, ...] = ()
+) -> str:
     """``what: problem; problem`` on one line, each problem naming its key path and value.
 
     ``schema`` is the validated model class; it lets an unknown key list the keys allowed where it
-    was found (in ``[train]``, at the top level, in a ``[[mechanisms]]`` entry...).
+    was found (in ``[train]``, at the top level, in a ``[[mechanisms]]`` entry...). ``at`` is where
+    ``schema`` sits in the user's spec (``("model", "init")``), prefixed to every key path.
     """
     problems = []
     for e in err.errors():
-        loc = dotted(e["loc"])
+        loc = dotted((*at, *e["loc"]))
         msg = str(e["msg"]).removeprefix("Value error, ")
         value = e.get("input")
         if e["type"] == "extra_forbidden":
             allowed = allowed_keys(schema, e["loc"][:-1])
-            where = f" in [{dotted(e['loc'][:-1])}]" if len(e["loc"]) > 1 else ""
+            section = (*at, *e["loc"][:-1])
+            where = f" in [{dotted(section)}]" if section else ""
             hint = f"; allowed{where}: {allowed}" if allowed else ""
             problems.append(f"unknown key {loc!r} (value {value!r}){hint}")
         elif e["type"] == "missing":

@@ -25,7 +25,7 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
-from forgetlab.config import ModelConfig
+from forgetlab.config import ModelConfig, format_validation_error
 from forgetlab.models.checkpoint import load_state_into, state_dict_to_save
 from forgetlab.models.errors import ModelExportError, ModelLoadError
 from forgetlab.models.gpt import GPT
@@ -95,7 +95,9 @@ def hf_config_to_model_config(hf: dict[str, Any], source: str) -> ModelConfig:
             activation=_ACTIVATIONS[act],
         )
     except ValidationError as e:
-        raise ModelLoadError(f"{source}: config.json is not a valid model: {e}") from None
+        raise ModelLoadError(
+            format_validation_error(e, ModelConfig, f"{source}: config.json is not a valid model")
+        ) from None
 
 
 def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:

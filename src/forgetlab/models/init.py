@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from forgetlab.atomic import atomic_write_json
-from forgetlab.config import ConfigError, InitConfig, ModelConfig
+from forgetlab.config import ConfigError, InitConfig, ModelConfig, format_validation_error
 from forgetlab.models.checkpoint import (
     is_forgetlab_checkpoint,
     load_model,
@@ -409,7 +409,9 @@ def resolve_init(
     try:
         init = InitConfig.model_validate(model["init"])
     except ValidationError as e:
-        raise ConfigError(f"model.init = {model['init']!r}: {e.errors()[0]['msg']}") from None
+        raise ConfigError(
+            format_validation_error(e, InitConfig, "invalid model.init", at=("model", "init"))
+        ) from None
     source = read_init(init.path)
     if init.format is not None and init.format != source.format:
         raise ConfigError(

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from forgetlab.config import ModelConfig
+from forgetlab.config import ModelConfig, format_validation_error
 from forgetlab.models.checkpoint import load_state_into
 from forgetlab.models.errors import ModelLoadError
 from forgetlab.models.gpt import GPT
@@ -41,7 +41,10 @@ def nanogpt_config(model_args: dict[str, Any]) -> ModelConfig:
     try:
         return ModelConfig.model_validate(args)
     except ValidationError as e:
-        raise ModelLoadError(f"nanoGPT model_args {model_args} are not a valid model: {e}") from e
+        raise ModelLoadError(
+            format_validation_error(e, ModelConfig, f"nanoGPT model_args {model_args} are not a "
+                                    "valid model")
+        ) from None
 
 
 def model_from_nanogpt(ckpt: dict[str, Any], source: str) -> GPT:
