@@ -32,6 +32,7 @@ def test_run_from_another_runs_weights_and_a_contradiction_refused(fixture_data,
                 "val_batches = 2",
                 "[train]",
                 "steps_per_stage = 3",
+                "warmup_steps = 1",
                 "batch_size = 4",
                 'precision = "fp32"',
             ]
