@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+FIXTURE_CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "corpus"
+
 
 def forgetlab(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -35,6 +37,11 @@ def test_run_from_another_runs_weights_and_a_contradiction_refused(fixture_data,
                 "warmup_steps = 1",
                 "batch_size = 4",
                 'precision = "fp32"',
+                # the fixture's own sources: `run` prepares its domains, and must find them
+                # prepared as the shared fixture did, not rebuild them from the built-in recipe
+                f"[data.sources.{fixture_data.domains[0]}]",
+                f'files = ["{FIXTURE_CORPUS / fixture_data.domains[0] / "*.jsonl"}"]',
+                "val_fraction = 0.2",
             ]
         )
         + "\n"
