@@ -179,24 +179,6 @@ def test_another_scale_in_the_same_directory_is_refused(micro_base, tmp_path):
         run_experiment(raw, tmp_path, scale="two", quiet=True)
 
 
-def test_ray_executor_runs_the_same_runs_on_a_local_ray_instance(micro_base, tmp_path):
-    ray = pytest.importorskip("ray", reason="ray is an optional extra: pip install forgetlab[ray]")
-    raw = {
-        "name": "ray",
-        "base": micro_base(domains=2, steps=3),
-        "factors": {"LR": {"lo": {}, "hi": {"train.lr": 3e-3}}},
-    }
-    # a run is a Ray task with a resource request; two of them fit the 2-CPU instance at once
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        summary = run_experiment(raw, tmp_path / "exp", workers=2, executor="ray", quiet=True)
-    finally:
-        ray.shutdown()
-    assert summary["finished"] == 2 and summary["failed"] == []
-    frame = pd.read_parquet(tmp_path / "exp" / "results.parquet")
-    assert (frame.status == "finished").all() and frame["loss.ACC"].notna().all()
-
-
 def test_two_devices_per_run_train_data_parallel_under_torchrun(micro_base, tmp_path):
     """devices_per_run = 2 starts the worker under torchrun (gloo ranks on the CPU)."""
     raw = {

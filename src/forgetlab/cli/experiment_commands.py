@@ -29,6 +29,7 @@ def run_experiment_cli(
     executor: str,
     overrides: list[str] | None,
     quiet: bool,
+    address: str | None = None,
 ) -> None:
     """Run every run of a study spec into ``out`` (default ``results/NAME[-SCALE]``); exit code 1
     when a run failed (the others still ran, and a re-run retries only what is not finished)."""
@@ -38,7 +39,9 @@ def run_experiment_cli(
     raw = load_toml(spec)
     parsed, scale_name = load_spec(raw, scale)
     out = out or default_study_dir(parsed.name, scale_name)
-    summary = run_experiment(raw, out, scale, workers, executor, overrides, quiet, list(sys.argv))
+    summary = run_experiment(
+        raw, out, scale, workers, executor, overrides, quiet, list(sys.argv), address
+    )
     console.print(
         f"{parsed.name}: {summary['planned']} planned runs ({summary['distinct']} distinct): "
         f"{summary['finished']} finished ({summary['skipped_finished']} already were), "

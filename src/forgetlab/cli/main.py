@@ -58,7 +58,12 @@ def run(
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
     scale: Annotated[str | None, typer.Option(help="study specs: the \\[scales.NAME] block to use")] = None,
     workers: Annotated[int, typer.Option(min=1, help="study specs: runs in parallel")] = 1,
-    executor: Annotated[str, typer.Option(help="study specs: local | ray")] = "local",
+    executor: Annotated[str, typer.Option(help="study specs: local | ray | slurm")] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(help="--executor ray: host:port of a running cluster, auto, or local "
+                     "(default: RAY_ADDRESS, else a fresh local instance)"),
+    ] = None,
 ) -> None:
     """Run a spec: a single run (train through the stream, print R and metrics) or a study
     (every run of its design, then results.parquet; see `forgetlab plan` and `forgetlab report`)."""
@@ -75,7 +80,9 @@ def run(
             raise ConfigError(
                 "--mechanism applies to single runs; a study sets mechanisms in its levels"
             )
-        experiment_commands.run_experiment_cli(spec, out, scale, workers, executor, set_, quiet)
+        experiment_commands.run_experiment_cli(
+            spec, out, scale, workers, executor, set_, quiet, address
+        )
         return
     if scale is not None:
         raise ConfigError(f"--scale {scale!r}: {str(spec)!r} is a single-run spec without scales")

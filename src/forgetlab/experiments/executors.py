@@ -1,4 +1,4 @@
-"""Executors: where runs execute. Both call the same :func:`worker.run_one` and report through
+"""Executors: where runs execute. Each calls the same :func:`worker.run_one` and reports through
 the same two callbacks, so the runner does not know which one it drives.
 
 * ``local``: ``workers`` runs at a time, each in a fresh process (``python -m
@@ -7,9 +7,11 @@ the same two callbacks, so the runner does not know which one it drives.
   ``device = "auto"`` or ``"cuda"`` in the config is that device) and ``workers`` is capped at
   what the devices allow. With ``devices_per_run > 1`` the worker is started under ``torchrun``
   and the trainer trains data-parallel (``forgetlab.train.distributed``).
-* ``ray``: every run is a Ray task with a resource request (``num_cpus``, ``num_gpus``), so a
-  cluster (``RAY_ADDRESS``) scales the study with no code change; without an address a local Ray
-  instance is started. Run directories must be on a filesystem the Ray nodes share.
+* ``ray``: every run is a Ray task with its own resource request (CPUs per run, GPUs), on a
+  running cluster (``--address`` or ``RAY_ADDRESS``) or a fresh local instance.
+* ``slurm`` (``forgetlab.experiments.slurm``): one Slurm array job per study, through submitit.
+
+Ray and Slurm need the run directories (and the data cache) on a filesystem every node shares.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from forgetlab.config import ConfigError
+
+if TYPE_CHECKING:
+    from forgetlab.experiments.slurm import SlurmExecutor, SlurmOptions
 
 
 @dataclass(frozen=True)
@@ -136,11 +141,30 @@ class LocalExecutor:
 
 
 class RayExecutor:
-    """Runs as Ray tasks; the cluster's scheduler places them by their resource requests."""
+    """Runs as Ray tasks; the cluster's scheduler places them by their per-run resource requests.
+
+    ``address``: a running cluster (``host:port`` or ``auto``; default ``RAY_ADDRESS``), or
+    ``local`` (the default when neither names one) for a fresh instance on this machine, started
+    even when ``ray start`` left a cluster file behind. Connecting never passes ``num_cpus``: Ray
+    refuses it for an existing cluster, whose nodes declare their own resources.
+
+    Each run asks for ``cpus_per_run`` CPUs (default: its ``train.threads``, else the largest
+    node's CPUs // ``workers``; never more than the largest node has, or it could never be
+    placed) and ``devices_per_run`` GPUs when the cluster has GPUs. Token authentication: when
+    ``RAY_AUTH_MODE`` is unset and a token is available (``RAY_AUTH_TOKEN``,
+    ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``), it is sent, as Ray itself does for a
+    cluster it finds on its own; a cluster without authentication ignores it.
+    """
 
     name = "ray"
 
-    def __init__(self, workers: int, devices_per_run: int = 1) -> None:
+    def __init__(
+        self,
+        workers: int,
+        devices_per_run: int = 1,
+        cpus_per_run: int | None = None,
+        address: str | None = None,
+    ) -> None:
         try:
             import ray
         except ImportError:
@@ -148,47 +172,107 @@ class RayExecutor:
                 "--executor = 'ray' needs Ray: pip install 'forgetlab[ray]'; allowed without it: "
                 "local"
             ) from None
-        if not ray.is_initialized():
-            ray.init(
-                address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False
-            )
-        resources = ray.cluster_resources()
-        self.num_cpus = max(1, int(resources.get("CPU", 1)) // max(1, workers))
-        self.num_gpus = devices_per_run if resources.get("GPU", 0) else 0
-        self.workers = max(1, int(resources.get("CPU", 1)) // self.num_cpus)
         self.ray = ray
+        self.address = address or os.environ.get("RAY_ADDRESS") or "local"
+        self.owned = not ray.is_initialized()  # connected here, so shut down here
+        if self.owned:
+            self._connect()
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        self.node_cpus = max(int(r.get("CPU", 0)) for r in nodes) if nodes else 1
+        self.has_gpus = any(r.get("GPU", 0) for r in nodes)
+        if cpus_per_run is not None and cpus_per_run > self.node_cpus:
+            raise ConfigError(
+                f"cpus_per_run = {cpus_per_run} but the largest node of the Ray cluster at "
+                f"{self.address!r} has {self.node_cpus} CPUs; allowed: 1..{self.node_cpus}"
+            )
+        self.cpus_per_run = cpus_per_run
+        self.default_cpus = max(1, self.node_cpus // workers)
+        self.num_gpus = devices_per_run if self.has_gpus else 0
+        self.workers = max(1, sum(int(r.get("CPU", 0)) // self.default_cpus for r in nodes))
+
+    def _connect(self) -> None:
+        if self.address != "local":
+            _send_ray_token_if_available()
+        try:
+            self.ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
+        except Exception as e:  # ConnectionError, AuthenticationError, a bad address
+            last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise ConfigError(
+                f"--address = {self.address!r}: cannot connect to a Ray cluster ({last}); a "
+                "cluster with token authentication needs its token here (RAY_AUTH_TOKEN or "
+                "~/.ray/auth_token); allowed: host:port of a running `ray start --head`, auto, "
+                "local"
+            ) from None
+
+    def cpus_for(self, task: RunTask) -> int:
+        """The CPUs one run asks for: the study's ``cpus_per_run``, else the run's thread count,
+        else its share of the largest node; capped at that node's CPUs."""
+        threads = task.config.get("train", {}).get("threads")
+        wanted = self.cpus_per_run or threads or self.default_cpus
+        return max(1, min(int(wanted), self.node_cpus))
 
     def run(self, tasks: list[RunTask], on_start: OnStart, on_done: OnDone) -> None:
         from forgetlab.experiments.worker import run_one
 
-        remote = self.ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=0)(
-            run_one
-        )
+        remote = self.ray.remote(max_retries=0)(run_one)
         pending = {}
-        for (
-            t
-        ) in tasks:  # "running" under Ray means submitted: the cluster queues what it cannot place
-            pending[remote.remote(t.config, t.run_dir, self.num_cpus)] = (t, time.perf_counter())
-            on_start(t)
-        while pending:
-            done, _ = self.ray.wait(list(pending), num_returns=1)
-            task, t0 = pending.pop(done[0])
-            try:
-                outcome = self.ray.get(done[0])
-            except Exception as e:  # the task's process died (OOM kill, node lost)
-                outcome = {
-                    "status": "failed",
-                    "error": f"{type(e).__name__}: {e}",
-                    "seconds": time.perf_counter() - t0,
-                }
-            on_done(task, outcome)
+        try:
+            # "running" under Ray means submitted: the cluster queues what it cannot place yet
+            for t in tasks:
+                cpus = self.cpus_for(t)
+                ref = remote.options(num_cpus=cpus, num_gpus=self.num_gpus).remote(
+                    t.config, t.run_dir, cpus
+                )
+                pending[ref] = (t, time.perf_counter())
+                on_start(t)
+            while pending:
+                done, _ = self.ray.wait(list(pending), num_returns=1)
+                task, t0 = pending.pop(done[0])
+                try:
+                    outcome = self.ray.get(done[0])
+                except Exception as e:  # the task's process died (OOM kill, node lost)
+                    outcome = {
+                        "status": "failed",
+                        "error": f"{type(e).__name__}: {e}",
+                        "seconds": time.perf_counter() - t0,
+                    }
+                on_done(task, outcome)
+        finally:
+            if self.owned:
+                self.ray.shutdown()
+
+
+def _send_ray_token_if_available() -> None:
+    """Turn on Ray's token authentication for this driver when ``RAY_AUTH_MODE`` is unset and a
+    token exists: Ray does so for a cluster it discovers, never for an explicit address, and a
+    driver without the token is refused by a cluster started with one (Ray >= 2.52)."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def make_executor(
-    kind: str, workers: int, work_dir: Path, devices_per_run: int = 1
-) -> LocalExecutor | RayExecutor:
+    kind: str,
+    workers: int,
+    work_dir: Path,
+    devices_per_run: int = 1,
+    *,
+    cpus_per_run: int | None = None,
+    address: str | None = None,
+    slurm: SlurmOptions | None = None,
+    study: str = "forgetlab",
+) -> LocalExecutor | RayExecutor | SlurmExecutor:
+    """The executor ``kind`` for a study; ``address`` is Ray's, ``slurm`` the spec's [slurm]."""
     if workers < 1:
         raise ConfigError(f"--workers = {workers}: allowed: an integer >= 1")
+    if address is not None and kind != "ray":
+        raise ConfigError(f"--address = {address!r} applies to --executor ray, not {kind!r}")
     if kind == "local":
         return LocalExecutor(workers, work_dir, devices_per_run=devices_per_run)
     if kind == "ray":
@@ -197,5 +281,18 @@ def make_executor(
                 f"devices_per_run = {devices_per_run} with --executor ray: a Ray task runs one "
                 "process; use --executor local (torchrun) for several devices per run"
             )
-        return RayExecutor(workers, devices_per_run)
-    raise ConfigError(f"--executor = {kind!r} is not an executor; allowed: ['local', 'ray']")
+        return RayExecutor(workers, devices_per_run, cpus_per_run, address)
+    if kind == "slurm":
+        from forgetlab.experiments.slurm import SlurmExecutor, SlurmOptions
+
+        return SlurmExecutor(
+            workers,
+            work_dir / "slurm",
+            slurm or SlurmOptions(),
+            devices_per_run,
+            cpus_per_run,
+            job_name=f"forgetlab-{study}",
+        )
+    raise ConfigError(
+        f"--executor = {kind!r} is not an executor; allowed: ['local', 'ray', 'slurm']"
+    )

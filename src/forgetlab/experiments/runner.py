@@ -131,8 +131,10 @@ def run_experiment(
     overrides: list[str] | None = None,
     quiet: bool = False,
     argv: list[str] | None = None,
+    address: str | None = None,
 ) -> dict[str, Any]:
-    """Run every run of the spec ``raw`` into ``out``; returns a summary of what happened."""
+    """Run every run of the spec ``raw`` into ``out``; returns a summary of what happened.
+    ``address``: the Ray cluster for ``executor = "ray"`` (see :class:`RayExecutor`)."""
     spec, scale = load_spec(raw, scale)
     spec.overrides = [*spec.overrides, *(overrides or [])]
     store = ExperimentStore(out)
@@ -141,7 +143,16 @@ def run_experiment(
         raise ConfigError(
             f"--out {str(store.root)!r} is a file, not a directory; choose a new directory"
         )
-    ex = make_executor(executor, workers, store.root / "logs", spec.devices_per_run)
+    ex = make_executor(
+        executor,
+        workers,
+        store.root / "logs",
+        spec.devices_per_run,
+        cpus_per_run=spec.cpus_per_run,
+        address=address,
+        slurm=spec.slurm,
+        study=spec.name,
+    )
     configs, reference = same_shape_configs(spec)
     # every run's config (other seeds and orders included); matched budgets need calibration
     planned = None if "matched_flops" in spec.budgets else expand(spec)

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from forgetlab.analysis import registry
 from forgetlab.config import ConfigError, format_validation_error
+from forgetlab.experiments.slurm import SlurmOptions
 
 DESIGNS = ("full_factorial", "one_at_a_time", "groups", "sweep")
 BUDGETS = ("same_shape", "matched_flops")
@@ -169,6 +170,10 @@ class ExperimentSpec(_Strict):
     )
     matched_flops: MatchedFlops = Field(default_factory=MatchedFlops)
     devices_per_run: int = Field(1, ge=1)
+    cpus_per_run: int | None = Field(
+        None, ge=1, description="Ray and Slurm: CPUs each run asks for (default: its threads)"
+    )
+    slurm: SlurmOptions = Field(default_factory=SlurmOptions)
     plan: Plan = Field(default_factory=Plan)
     preregistration: Preregistration | None = None
     default_scale: str | None = None

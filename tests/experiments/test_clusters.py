@@ -1,0 +1,240 @@
+"""Studies on clusters: a real Ray head (``ray start``) reached by ``--address`` with token
+authentication, a stale Ray cluster file, and Slurm array jobs through submitit's local executor;
+every cluster run must give the local executor's numbers bit for bit."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from forgetlab.config import ConfigError
+from forgetlab.experiments import load_spec, run_experiment
+
+RAY_BIN = Path(sys.executable).parent / "ray"
+
+
+@pytest.fixture(scope="module")
+def study(micro_base: Any) -> dict[str, Any]:
+    return {
+        "name": "clusters",
+        "base": micro_base(domains=2, steps=3),
+        "factors": {"LR": {"lo": {}, "hi": {"train": {"lr": 3e-3}}}},
+        "seeds": [0],
+    }
+
+
+@pytest.fixture(scope="module")
+def local_results(study: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    out = tmp_path_factory.mktemp("local") / "exp"
+    summary = run_experiment(study, out, workers=2, quiet=True)
+    assert summary["finished"] == 2
+    return pd.read_parquet(out / "results.parquet")
+
+
+def same_numbers(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    """Every run's R-derived metrics equal, bit for bit (timings and memory may differ)."""
+    metrics = [c for c in a.columns if c.split(".")[0] in ("loss", "bpb", "accuracy")]
+    assert len(metrics) > 10
+    left = a.set_index("run_id").sort_index()
+    right = b.set_index("run_id").sort_index()
+    assert list(left.index) == list(right.index)
+    assert (right["status"] == "finished").all()
+    pd.testing.assert_frame_equal(left[metrics], right[metrics], check_exact=True)
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return json.dumps(v)
+
+
+def write_study(path: Path, study: dict[str, Any]) -> Path:
+    path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in study.items()))
+    return path
+
+
+def forgetlab(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "forgetlab.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=400,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def ray_head(env: dict[str, str], log: Path) -> Iterator[str]:
+    """A one-node Ray cluster from ``ray start --head --block`` (2 CPUs), in its own process
+    group, killed with its daemons at the end; its own temp dir, so no other Ray is touched."""
+    port, client_port = free_port(), free_port()
+    cmd = [
+        str(RAY_BIN), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+        "--num-gpus=0", "--node-ip-address=127.0.0.1", "--include-dashboard=false",
+        "--disable-usage-stats", f"--ray-client-server-port={client_port}",
+        f"--temp-dir={env['RAY_TMPDIR']}",
+    ]  # fmt: skip
+    with log.open("w") as f:
+        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while "Ray runtime started" not in log.read_text():
+            assert proc.poll() is None, f"ray start exited: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"ray start hangs: {log.read_text()[-2000:]}"
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        # SIGTERM lets ray start stop its daemons; SIGKILL takes whatever is left of the group
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            with suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+
+
+@pytest.fixture
+def ray_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    pytest.importorskip("ray", reason="ray is an optional extra: pip install forgetlab[ray]")
+    # a short temp dir: Ray's socket paths under it must fit in 107 bytes
+    temp = tempfile.mkdtemp(prefix="flray-", dir="/tmp")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(OMP_NUM_THREADS="1", RAY_TMPDIR=temp, RAY_USAGE_STATS_ENABLED="0")
+    yield env
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_study_on_a_ray_cluster_with_token_auth_equals_the_local_run(
+    study, local_results, ray_env, tmp_path
+):
+    """--address reaches a cluster started by `ray start --head` that demands a token; the
+    driver has the token (RAY_AUTH_TOKEN) but no RAY_AUTH_MODE, which Ray alone would refuse."""
+    token = uuid.uuid4().hex
+    head_env = {**ray_env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    spec = write_study(tmp_path / "study.toml", study)
+    out = tmp_path / "exp"
+    with ray_head(head_env, tmp_path / "ray.log") as address:
+        res = forgetlab(
+            "run", str(spec), "--executor", "ray", "--address", address, "--workers", "2",
+            "--quiet", "--out", str(out), env={**ray_env, "RAY_AUTH_TOKEN": token},
+        )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "2 finished" in res.stdout
+    same_numbers(local_results, pd.read_parquet(out / "results.parquet"))
+    assert json.loads((out / "experiment.json").read_text())["env"]["executor"] == "ray"
+
+
+@pytest.mark.slow
+def test_a_stale_ray_cluster_file_is_ignored_when_no_cluster_is_named(study, ray_env, tmp_path):
+    """`ray start` leaves RAY_TMPDIR/ray/ray_current_cluster behind; plain ray.init(num_cpus=..)
+    then tries to join that dead cluster and refuses num_cpus. With no --address and no
+    RAY_ADDRESS the study starts a fresh local instance instead."""
+    stale = Path(ray_env["RAY_TMPDIR"]) / "ray"
+    stale.mkdir()
+    (stale / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")
+    refused = subprocess.run(
+        [sys.executable, "-c", "import ray; ray.init(num_cpus=1)"],
+        capture_output=True, text=True, env=ray_env, timeout=120,
+    )  # fmt: skip
+    assert "num_cpus and num_gpus must not be provided" in refused.stderr
+    small = {**study, "factors": {"LR": {"lo": {}}}}
+    out = tmp_path / "exp"
+    res = forgetlab(
+        "run", str(write_study(tmp_path / "s.toml", small)), "--executor", "ray", "--quiet",
+        "--out", str(out), env=ray_env,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert pd.read_parquet(out / "results.parquet")["status"].tolist() == ["finished"]
+
+
+def test_address_is_refused_for_other_executors(study, tmp_path):
+    with pytest.raises(ConfigError, match="--address = 'host:1' applies to --executor ray"):
+        run_experiment(study, tmp_path / "exp", executor="local", address="host:1", quiet=True)
+    assert not (tmp_path / "exp" / "runs").exists()
+
+
+def slurm_study(study: dict[str, Any], **slurm: Any) -> dict[str, Any]:
+    return {**study, "slurm": {"cluster": "local", "time": 10, "poll_s": 0.5, **slurm}}
+
+
+@pytest.mark.slow
+def test_a_submitit_array_job_equals_the_local_run_and_a_resubmission_skips_finished_runs(
+    study, local_results, tmp_path
+):
+    pytest.importorskip("submitit", reason="submitit is an optional extra: forgetlab[slurm]")
+    bad = {"model": {"block_size": 50000}}  # valid config, fails at run time
+    raw = slurm_study(
+        {**study, "factors": {"LR": {**study["factors"]["LR"], "bad": bad}}}
+    )
+    out = tmp_path / "exp"
+    summary = run_experiment(raw, out, executor="slurm", workers=2, quiet=True)
+    assert summary["finished"] == 2 and len(summary["failed"]) == 1
+    frame = pd.read_parquet(out / "results.parquet")
+    bad_row = frame[frame.group == "bad"].iloc[0]
+    assert bad_row.status == "failed" and "block_size" in bad_row.error
+    same_numbers(local_results, frame[frame.group != "bad"])
+    jobs = json.loads((out / "logs" / "slurm" / "jobs.json").read_text())
+    assert set(jobs) == set(frame.run_id)  # every run's task of the one array job
+    stamps = {i: (out / "runs" / i / "run.json").stat().st_mtime_ns for i in frame.run_id
+              if i != bad_row.run_id}  # fmt: skip
+    again = run_experiment(raw, out, executor="slurm", workers=2, quiet=True)
+    assert again["skipped_finished"] == 2 and again["ran"] == 1  # only the failed run resubmitted
+    assert {i: (out / "runs" / i / "run.json").stat().st_mtime_ns for i in stamps} == stamps
+
+
+@pytest.mark.slow
+def test_a_slurm_task_killed_without_a_result_is_recorded_as_failed(study, tmp_path):
+    """The task's shell gets a 1 s CPU limit (a setup line), so the kernel kills it while it
+    imports torch: no result file, and the study records why."""
+    pytest.importorskip("submitit", reason="submitit is an optional extra: forgetlab[slurm]")
+    raw = slurm_study({**study, "factors": {"LR": {"lo": {}}}}, setup=["ulimit -t 1"])
+    summary = run_experiment(raw, tmp_path / "exp", executor="slurm", quiet=True)
+    (run_id,) = summary["failed"]
+    assert "ended without a result" in summary["errors"][run_id]
+    assert str(tmp_path / "exp" / "logs" / "slurm") in summary["errors"][run_id]
+
+
+@pytest.mark.parametrize(
+    ("slurm", "message"),
+    [
+        ({"time": "4h"}, "slurm.time = '4h': time = '4h': allowed: minutes"),
+        ({"gpus": 2}, "slurm.gpus = 2"),
+        ({"partiton": "gpu"}, "unknown key 'slurm.partiton'"),
+        ({"cluster": "pbs"}, "slurm.cluster = 'pbs'"),
+    ],
+)
+def test_bad_slurm_options_are_one_line_errors_naming_the_key(study, slurm, message):
+    with pytest.raises(ConfigError, match="invalid experiment spec") as e:
+        load_spec({**study, "slurm": slurm})
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_slurm_without_sbatch_names_the_local_alternative(study, tmp_path, monkeypatch):
+    pytest.importorskip("submitit", reason="submitit is an optional extra: forgetlab[slurm]")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    with pytest.raises(ConfigError, match=r"no `sbatch` on this machine's PATH.*cluster = 'local'"):
+        run_experiment(study, tmp_path / "exp", executor="slurm", quiet=True)
