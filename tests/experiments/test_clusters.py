@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from cluster_studies import same_numbers, write_study
 
 from forgetlab.config import ConfigError
 from forgetlab.experiments import load_spec, run_experiment
@@ -44,30 +45,6 @@ def local_results(study: dict[str, Any], tmp_path_factory: pytest.TempPathFactor
     summary = run_experiment(study, out, workers=2, quiet=True)
     assert summary["finished"] == 2
     return pd.read_parquet(out / "results.parquet")
-
-
-def same_numbers(a: pd.DataFrame, b: pd.DataFrame) -> None:
-    """Every run's R-derived metrics equal, bit for bit (timings and memory may differ)."""
-    metrics = [c for c in a.columns if c.split(".")[0] in ("loss", "bpb", "accuracy")]
-    assert len(metrics) > 10
-    left = a.set_index("run_id").sort_index()
-    right = b.set_index("run_id").sort_index()
-    assert list(left.index) == list(right.index)
-    assert (right["status"] == "finished").all()
-    pd.testing.assert_frame_equal(left[metrics], right[metrics], check_exact=True)
-
-
-def toml_value(v: Any) -> str:
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
-    if isinstance(v, list):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    return json.dumps(v)
-
-
-def write_study(path: Path, study: dict[str, Any]) -> Path:
-    path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in study.items()))
-    return path
 
 
 def forgetlab(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -218,35 +218,44 @@ class SlurmExecutor:
         while waiting:
             queued = self._queued([j.job_id for _, j in waiting.values()])
             for run_id, (task, job) in list(waiting.items()):
-                if job.done():
-                    gone_once.discard(run_id)
-                elif queued is not None and job.job_id not in queued:
-                    # left the queue with no result (sacct may be off): twice in a row to let
-                    # a shared filesystem show a result file written just before the exit
-                    if run_id not in gone_once:
-                        gone_once.add(run_id)
+                if queued is None:  # submitit alone: its local processes, or sacct
+                    if not job.done():
                         continue
-                else:
+                    outcome = self._outcome(job, t0)
+                elif job.job_id in queued:
                     continue
+                elif job.paths.result_pickle.exists():
+                    outcome = self._outcome(job, t0)
+                elif run_id not in gone_once:
+                    # out of the queue with no result file: look twice, so that a shared
+                    # filesystem can show a result written just before the task ended
+                    gone_once.add(run_id)
+                    continue
+                else:
+                    outcome = self._failed(job, t0, "it left the queue without a result")
                 del waiting[run_id]
-                on_done(task, self._outcome(job, t0))
+                on_done(task, outcome)
             if waiting:
                 time.sleep(self.options.poll_s)
 
     def _outcome(self, job: Any, t0: float) -> Outcome:
+        """A finished job's outcome: what run_one returned, or why there is none."""
         try:
             result = job.result()
-            if isinstance(result, dict) and "status" in result:
-                return result
-            raise RuntimeError(f"unexpected result {result!r}")
         except Exception as e:  # time limit, out of memory, cancelled, node failure
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            return {
-                "status": "failed",
-                "seconds": time.perf_counter() - t0,
-                "error": f"Slurm job {job.job_id} ended without a result: {first}; "
-                f"see {job.paths.stderr}",
-            }
+            return self._failed(job, t0, (str(e).strip().splitlines() or [type(e).__name__])[0])
+        if isinstance(result, dict) and "status" in result:
+            return result
+        return self._failed(job, t0, f"unexpected result {result!r}")
+
+    @staticmethod
+    def _failed(job: Any, t0: float, why: str) -> Outcome:
+        return {
+            "status": "failed",
+            "seconds": time.perf_counter() - t0,
+            "error": f"Slurm job {job.job_id} ended without a result ({why}; killed by a time "
+            f"limit, memory, scancel or a node failure?); see {job.paths.stderr}",
+        }
 
     def _queued(self, job_ids: list[str]) -> set[str] | None:
         """The array task ids squeue still lists (None: cannot tell, e.g. the local cluster);
