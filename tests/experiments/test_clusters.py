@@ -4,6 +4,7 @@ every cluster run must give the local executor's numbers bit for bit."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -63,34 +64,55 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextmanager
-def ray_head(env: dict[str, str], log: Path) -> Iterator[str]:
-    """A one-node Ray cluster from ``ray start --head --block`` (2 CPUs), in its own process
-    group, killed with its daemons at the end; its own temp dir, so no other Ray is touched."""
-    port, client_port = free_port(), free_port()
-    cmd = [
-        str(RAY_BIN), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-        "--num-gpus=0", "--node-ip-address=127.0.0.1", "--include-dashboard=false",
-        "--disable-usage-stats", f"--ray-client-server-port={client_port}",
-        f"--temp-dir={env['RAY_TMPDIR']}",
-    ]  # fmt: skip
+def start_ray(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("w") as f:
-        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+        return subprocess.Popen([str(RAY_BIN), "start", "--block", *args], env=env, stdout=f,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+
+def wait_for(what: str, done: Any, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 180
+    while not done():
+        assert proc.poll() is None, f"{what}: ray start exited: {log.read_text()[-2000:]}"
+        assert time.monotonic() < deadline, f"{what}: still waiting: {log.read_text()[-2000:]}"
+        time.sleep(0.5)
+
+
+@contextmanager
+def ray_cluster(env: dict[str, str], logs: Path) -> Iterator[str]:
+    """A two-node Ray cluster on this machine: a head with 2 CPUs and a second node with 1,
+    each from ``ray start --block`` in its own process group, all killed at the end; its own
+    temp dir, so no other Ray instance here is touched."""
+    port = free_port()
+    head = start_ray([
+        "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
+        "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats",
+        f"--ray-client-server-port={free_port()}", f"--temp-dir={env['RAY_TMPDIR']}",
+    ], env, logs / "head.log")  # fmt: skip
+    procs = [head]
     try:
-        deadline = time.monotonic() + 180
-        while "Ray runtime started" not in log.read_text():
-            assert proc.poll() is None, f"ray start exited: {log.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, f"ray start hangs: {log.read_text()[-2000:]}"
-            time.sleep(0.5)
-        yield f"127.0.0.1:{port}"
+        wait_for("head", lambda: "Ray runtime started" in (logs / "head.log").read_text(), head,
+                 logs / "head.log")  # fmt: skip
+        address = f"127.0.0.1:{port}"
+        node = start_ray([f"--address={address}", "--num-cpus=1", "--num-gpus=0"], env,
+                         logs / "node.log")  # fmt: skip
+        procs.append(node)
+
+        def two_nodes() -> bool:
+            status = subprocess.run([str(RAY_BIN), "status", f"--address={address}"], env=env,
+                                    capture_output=True, text=True, timeout=60)  # fmt: skip
+            return "3.0 CPU" in status.stdout
+
+        wait_for("second node", two_nodes, node, logs / "node.log")
+        yield address
     finally:
-        # SIGTERM lets ray start stop its daemons; SIGKILL takes whatever is left of the group
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            with suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
+        # SIGTERM lets ray start stop its daemons; SIGKILL takes whatever is left of a group
+        for proc in reversed(procs):
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                with suppress(ProcessLookupError):
+                    os.killpg(proc.pid, sig)
+                with suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=10)
 
 
 @pytest.fixture
@@ -108,21 +130,29 @@ def ray_env(tmp_path: Path) -> Iterator[dict[str, str]]:
 def test_a_study_on_a_ray_cluster_with_token_auth_equals_the_local_run(
     study, local_results, ray_env, tmp_path
 ):
-    """--address reaches a cluster started by `ray start --head` that demands a token; the
-    driver has the token (RAY_AUTH_TOKEN) but no RAY_AUTH_MODE, which Ray alone would refuse."""
+    """--address reaches a cluster started by `ray start` that demands a token; the driver has
+    the token (RAY_AUTH_TOKEN) but no RAY_AUTH_MODE, which Ray alone refuses. A run may ask for
+    the largest node's 2 CPUs, never the cluster's 3."""
     token = uuid.uuid4().hex
     head_env = {**ray_env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    driver_env = {**ray_env, "RAY_AUTH_TOKEN": token}
     spec = write_study(tmp_path / "study.toml", study)
+    too_big = write_study(tmp_path / "big.toml", {**study, "cpus_per_run": 3})
     out = tmp_path / "exp"
-    with ray_head(head_env, tmp_path / "ray.log") as address:
+    with ray_cluster(head_env, tmp_path) as address:
         res = forgetlab(
             "run", str(spec), "--executor", "ray", "--address", address, "--workers", "2",
-            "--quiet", "--out", str(out), env={**ray_env, "RAY_AUTH_TOKEN": token},
+            "--quiet", "--out", str(out), env=driver_env,
         )  # fmt: skip
+        refused = forgetlab("run", str(too_big), "--executor", "ray", "--address", address,
+                            "--out", str(tmp_path / "big"), env=driver_env)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     assert "2 finished" in res.stdout
     same_numbers(local_results, pd.read_parquet(out / "results.parquet"))
     assert json.loads((out / "experiment.json").read_text())["env"]["executor"] == "ray"
+    assert refused.returncode == 2
+    assert "cpus_per_run = 3 but the largest node" in refused.stderr
+    assert "has 2 CPUs; allowed: 1..2" in refused.stderr
 
 
 @pytest.mark.slow
@@ -138,14 +168,19 @@ def test_a_stale_ray_cluster_file_is_ignored_when_no_cluster_is_named(study, ray
         capture_output=True, text=True, env=ray_env, timeout=120,
     )  # fmt: skip
     assert "num_cpus and num_gpus must not be provided" in refused.stderr
-    small = {**study, "factors": {"LR": {"lo": {}}}}
+    small = copy.deepcopy({**study, "factors": {"LR": {"lo": {}}}})
+    del small["base"]["train"]["threads"]
     out = tmp_path / "exp"
     res = forgetlab(
         "run", str(write_study(tmp_path / "s.toml", small)), "--executor", "ray", "--quiet",
         "--out", str(out), env=ray_env,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
-    assert pd.read_parquet(out / "results.parquet")["status"].tolist() == ["finished"]
+    frame = pd.read_parquet(out / "results.parquet")
+    assert frame["status"].tolist() == ["finished"]
+    record = json.loads((out / "runs" / frame.run_id[0] / "run.json").read_text())
+    # no train.threads, one worker: the run asks for (and uses) all CPUs of the one node
+    assert record["env"]["threads"] == os.cpu_count()
 
 
 def test_address_is_refused_for_other_executors(study, tmp_path):
@@ -215,3 +250,28 @@ def test_slurm_without_sbatch_names_the_local_alternative(study, tmp_path, monke
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
     with pytest.raises(ConfigError, match=r"no `sbatch` on this machine's PATH.*cluster = 'local'"):
         run_experiment(study, tmp_path / "exp", executor="slurm", quiet=True)
+
+
+def test_the_slurm_options_become_the_array_jobs_sbatch_lines(study, tmp_path, monkeypatch):
+    """What sbatch reads: every [slurm] key, memory in MB (Slurm reads a bare number as MB),
+    the time limit in minutes, and the array throttle from --workers."""
+    submitit = pytest.importorskip("submitit", reason="submitit: forgetlab[slurm]")
+    from forgetlab.experiments import slurm
+
+    monkeypatch.setattr(slurm.shutil, "which", lambda name: f"/usr/bin/{name}")
+    spec, _ = load_spec({**study, "cpus_per_run": 8, "slurm": {
+        "partition": "gpu", "time": "1-02:30:00", "gpus": 1, "mem_gb": 32, "account": "lab",
+        "qos": "high", "setup": ["module load cuda"], "sbatch": {"exclude": "node07"},
+    }})  # fmt: skip
+    from forgetlab.experiments.executors import make_executor
+
+    ex = make_executor("slurm", 4, tmp_path, cpus_per_run=spec.cpus_per_run, slurm=spec.slurm,
+                       study=spec.name)  # fmt: skip
+    sbatch = ex._executor(8)
+    assert isinstance(sbatch, submitit.SlurmExecutor)
+    assert sbatch.parameters["array_parallelism"] == 4  # --workers: tasks at once
+    text = sbatch._make_submission_file_text("CMD", "uid")
+    for line in ("--partition=gpu", "--time=1590", "--gpus-per-node=1", "--mem=32768M",
+                 "--account=lab", "--qos=high", "--exclude=node07", "--cpus-per-task=8",
+                 "--job-name=forgetlab-clusters", "module load cuda"):  # fmt: skip
+        assert line in text, (line, text)

@@ -166,8 +166,8 @@ class SlurmExecutor:
             "gpus_per_node": o.gpus or None,
         }
         params.update({k: v for k, v in optional.items() if v is not None})
-        if o.mem_gb is not None:
-            params["mem"] = o.mem_gb  # submitit writes it as GB/MB
+        if o.mem_gb is not None:  # a bare number would be read as MB
+            params["mem"] = f"{round(o.mem_gb * 1024)}M"
         ex.update_parameters(**params)
         return ex
 
