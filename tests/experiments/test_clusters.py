@@ -275,3 +275,12 @@ def test_the_slurm_options_become_the_array_jobs_sbatch_lines(study, tmp_path, m
                  "--account=lab", "--qos=high", "--exclude=node07", "--cpus-per-task=8",
                  "--job-name=forgetlab-clusters", "module load cuda"):  # fmt: skip
         assert line in text, (line, text)
+
+
+def test_a_single_run_spec_refuses_a_cluster_executor(study, tmp_path):
+    spec = write_study(tmp_path / "one.toml", {"name": "one", **study["base"]})
+    res = forgetlab("run", str(spec), "--executor", "ray", "--address", "h:1", "--out",
+                    str(tmp_path / "run"), env={**os.environ})  # fmt: skip
+    assert res.returncode == 2
+    assert "--executor/--address apply to study specs" in res.stderr
+    assert not (tmp_path / "run").exists()

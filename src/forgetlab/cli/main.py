@@ -86,6 +86,11 @@ def run(
         return
     if scale is not None:
         raise ConfigError(f"--scale {scale!r}: {str(spec)!r} is a single-run spec without scales")
+    if address is not None or executor != "local":
+        raise ConfigError(
+            f"--executor/--address apply to study specs; {str(spec)!r} is a single run, "
+            "trained here"
+        )
     cfg = resolve_run_config(raw, set_)
     if mechanism:
         cfg.mechanisms = [*cfg.mechanisms, *(parse_mechanism_option(m) for m in mechanism)]
