@@ -172,10 +172,12 @@ def run_study(
     out: PathLike | None = None,
     overrides: Overrides = None,
     progress: bool = False,
+    address: str | None = None,
 ) -> dict[str, Any]:
     """Run every run of a study into ``out`` (default ``results/<name>[-<scale>]``), as
     ``forgetlab run STUDY`` does: finished runs are skipped, interrupted ones resumed, a failed
-    run is recorded and the others go on. Returns the summary: ``exp_dir``, ``planned``,
+    run is recorded and the others go on. ``executor``: local, ray (``address``: the cluster,
+    as ``--address``) or slurm. Returns the summary: ``exp_dir``, ``planned``,
     ``distinct``, ``finished``, ``failed`` (run ids) and ``errors``; read the results with
     :func:`load_results`."""
     from forgetlab.experiments import load_spec, run_experiment
@@ -186,11 +188,13 @@ def run_study(
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise TypeError(f"workers must be an int >= 1; got {workers!r}")
     if not isinstance(executor, str):
-        raise TypeError(f"executor must be a str ('local' or 'ray'); got {executor!r}")
+        raise TypeError(f"executor must be a str ('local', 'ray' or 'slurm'); got {executor!r}")
     parsed, scale_name = load_spec(raw, scale)
     out_dir = default_study_dir(parsed.name, scale_name) if out is None else _check_path(out, "out")
     argv = ["forgetlab.run_study", str(out_dir)]
-    return run_experiment(raw, out_dir, scale, workers, executor, sets, not progress, argv)
+    return run_experiment(
+        raw, out_dir, scale, workers, executor, sets, not progress, argv, address
+    )
 
 
 def plan(
