@@ -69,7 +69,7 @@ def test_a_study_as_one_slurm_array_job_equals_the_local_run(study, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     same_numbers(pd.read_parquet(local / "results.parquet"),
                  pd.read_parquet(out / "results.parquet"))  # fmt: skip
-    jobs = json.loads((out / "logs" / "slurm" / "jobs.json").read_text())
+    jobs = json.loads((out / "logs" / "slurm" / "jobs.json").read_text())["jobs"]
     assert len({j.split("_")[0] for j in jobs.values()}) == 1  # one array job for the study
 
 

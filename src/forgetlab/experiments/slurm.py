@@ -275,9 +275,9 @@ class SlurmExecutor:
 
     def _live_jobs(self, tasks: list[RunTask]) -> dict[str, str]:
         """Runs whose job from an earlier invocation is still queued or running (Slurm only)."""
-        if self.options.cluster == "local" or not self.jobs_file.exists():
+        if self.options.cluster == "local":
             return {}
-        recorded: dict[str, str] = json.loads(self.jobs_file.read_text())
+        recorded = self._recorded()
         wanted = {t.run_id: recorded[t.run_id] for t in tasks if t.run_id in recorded}
         if not wanted:
             return {}
@@ -292,5 +292,13 @@ class SlurmExecutor:
     def _save_jobs(self, jobs: dict[str, str]) -> None:
         from forgetlab.atomic import atomic_write_json
 
-        recorded = json.loads(self.jobs_file.read_text()) if self.jobs_file.exists() else {}
-        atomic_write_json(self.jobs_file, {**recorded, **jobs})
+        doc = {"cluster": self.options.cluster, "jobs": {**self._recorded(), **jobs}}
+        atomic_write_json(self.jobs_file, doc)
+
+    def _recorded(self) -> dict[str, str]:
+        """{run_id: job id} submitted earlier to this kind of cluster (local job ids are process
+        ids, never to be looked up in squeue)."""
+        if not self.jobs_file.exists():
+            return {}
+        doc = json.loads(self.jobs_file.read_text())
+        return dict(doc["jobs"]) if doc.get("cluster") == self.options.cluster else {}
