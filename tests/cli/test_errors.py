@@ -121,7 +121,7 @@ def _unknown_scale(tmp: Path, data) -> list[str]:
 
 def _bad_executor(tmp: Path, data) -> list[str]:
     spec = study_spec(tmp / "s.toml", data)
-    return ["run", str(spec), "--out", str(tmp / "o"), "--executor", "slurm"]
+    return ["run", str(spec), "--out", str(tmp / "o"), "--executor", "spark"]
 
 
 def _report_not_a_study(tmp: Path, data) -> list[str]:
@@ -195,7 +195,8 @@ CASES: list[tuple[str, Callable[[Path, object], list[str]], str]] = [
                                r"takes a study spec"),
     ("run", _unknown_scale, r"--scale = 'huge' is not a scale of this spec; it defines no "
                             r"\[scales\.NAME\] block"),
-    ("run", _bad_executor, r"--executor = 'slurm' is not an executor; allowed: \['local', 'ray'\]"),
+    ("run", _bad_executor,
+     r"--executor = 'spark' is not an executor; allowed: \['local', 'ray', 'slurm'\]"),
     ("report", _report_not_a_study, r"not a forgetlab experiment directory"),
     ("show", _show_missing, r"'.*o' holds no run\.json"),
     ("inspect", _inspect_missing_checkpoint, r"'.*o' is neither a preset \(allowed: "),
