@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from forgetlab.data import DataError, fixed_windows, open_stream, sample_windows
+from forgetlab.data import shards as shards_module
 
 
 def test_sample_windows_are_shifted_pairs_reproducible_from_the_rng(fixture_data):
@@ -42,3 +45,50 @@ def test_fixed_windows_overlap_on_a_short_split_and_refuse_a_too_short_one():
         fixed_windows(tokens[:16], n_windows=2, block_size=16)
     with pytest.raises(DataError):
         sample_windows(tokens[:10], np.random.default_rng(0), 2, 16)
+
+
+def _shard(root: str, tokenizer: str, domain: str, split: str) -> Path:
+    return Path(root) / "shards" / tokenizer / domain / f"{split}.bin"
+
+
+def test_a_shard_zeroed_in_place_after_it_was_verified_is_refused(
+    fixture_data, tmp_path, copy_cache
+):
+    root = copy_cache(fixture_data.cache_dir, tmp_path / "c")
+    open_stream(["math"], fixture_data.tokenizer, root)  # verified and cached
+    shard = _shard(root, fixture_data.tokenizer, "math", "val")
+    size = shard.stat().st_size
+    with open(shard, "r+b") as f:  # same size, same inode: only the contents change
+        f.write(bytes(size))
+    with pytest.raises(DataError, match=r"math.*val\.bin does not match the sha256.*prepare"):
+        open_stream(["math"], fixture_data.tokenizer, root)
+
+
+def test_an_out_of_vocabulary_token_id_is_named_with_its_shard(fixture_data, tmp_path, copy_cache):
+    root = copy_cache(fixture_data.cache_dir, tmp_path / "c")
+    shard = _shard(root, fixture_data.tokenizer, "code", "train")
+    with open(shard, "r+b") as f:
+        f.seek(200)
+        f.write(b"\xff" * 8)
+    with pytest.raises(DataError, match=r"code.*train\.bin.*token id 65535 \(first out-of-range "
+                       r"id at token 100\) >= the 'bpe-512' vocabulary size 512"):
+        open_stream(["code"], fixture_data.tokenizer, root)
+
+
+def test_shards_are_hashed_once_then_trusted_while_untouched(
+    fixture_data, tmp_path, copy_cache, monkeypatch
+):
+    root = copy_cache(fixture_data.cache_dir, tmp_path / "c")
+    hashed = []
+    real = shards_module._hash_and_max
+    monkeypatch.setattr(shards_module, "_hash_and_max", lambda p, *a: hashed.append(p.name)
+                        or real(p, *a))
+    monkeypatch.setattr(shards_module, "_verified_here", {})
+    open_stream(["legal", "math"], fixture_data.tokenizer, root)
+    assert sorted(hashed) == ["train.bin", "train.bin", "val.bin", "val.bin"]
+    open_stream(["legal", "math"], fixture_data.tokenizer, root)  # same process: nothing re-read
+    monkeypatch.setattr(shards_module, "_verified_here", {})  # a new process: the cache file
+    open_stream(["legal", "math"], fixture_data.tokenizer, root)
+    assert len(hashed) == 4
+    open_stream(["math"], fixture_data.tokenizer, root, verify=True)  # forced: re-hashed
+    assert len(hashed) == 6

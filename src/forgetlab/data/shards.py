@@ -7,6 +7,7 @@ agrees with its size, so a half-written or truncated shard cannot be used.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from forgetlab.data.errors import DataError
-from forgetlab.data.fileio import atomic_open, read_json
+from forgetlab.data.fileio import atomic_open, atomic_write_json, read_json
 from forgetlab.data.tokenizers import Tokenizer
 
 SHARD_FORMAT = 1
@@ -69,14 +70,32 @@ def read_manifest(folder: Path) -> dict | None:
     return read_json(folder / "manifest.json")
 
 
-def open_shard(folder: Path, split: str, manifest: dict, domain: str) -> np.ndarray:
-    """Memory-map one split after checking its size against the manifest."""
+VERIFIED_FILE = ".verified.json"
+"""Beside each domain's shards: the (size, mtime, inode, manifest sha256) of every split whose
+bytes were last hashed and found to match, with the largest id seen, so that a later process
+skips the re-hash while the file is untouched."""
+
+_verified_here: dict[tuple, int] = {}
+"""This process's verifications: stat key -> largest token id (a shard is hashed once per process)."""
+
+
+def _rebuild_advice(folder: Path, domain: str, manifest: dict) -> str:
+    return (f"run `forgetlab data prepare --domains {domain} --tokenizer "
+            f"{manifest['tokenizer']['name']}` to rebuild it (or delete {folder} first)")
+
+
+def open_shard(folder: Path, split: str, manifest: dict, domain: str,
+               verify: bool = False) -> np.ndarray:
+    """Memory-map one split after checking it against the manifest.
+
+    The size is checked on every open; the sha256 and the largest token id once per process and
+    file version (see :func:`check_shard`), or always with ``verify=True``.
+    """
     info = manifest["shards"][split]
     path = folder / info["file"]
     if not path.exists():
         raise DataError(f"domain '{domain}': shard {path} is missing although its manifest lists "
-                        f"it; run `forgetlab data prepare --domains {domain} --tokenizer "
-                        f"{manifest['tokenizer']['name']}` to rebuild it.")
+                        f"it; {_rebuild_advice(folder, domain, manifest)}.")
     size = path.stat().st_size
     if size != info["bytes"]:
         raise DataError(
@@ -84,20 +103,79 @@ def open_shard(folder: Path, split: str, manifest: dict, domain: str) -> np.ndar
             f"{info['bytes']} (truncated or corrupt); delete {folder} and run `forgetlab data "
             f"prepare --domains {domain} --tokenizer {manifest['tokenizer']['name']}`."
         )
+    check_shard(folder, split, manifest, domain, force=verify)
     if info["tokens"] == 0:
         return np.zeros(0, dtype=info["dtype"])
     return np.memmap(path, dtype=info["dtype"], mode="r", shape=(info["tokens"],))
 
 
-def verify_shard(folder: Path, split: str, manifest: dict, domain: str) -> None:
-    """Full sha256 check of one split (slower than the size check; used by prepare and verify)."""
-    from forgetlab.data.fileio import sha256_file
+def check_shard(folder: Path, split: str, manifest: dict, domain: str,
+                force: bool = False) -> None:
+    """Raise :class:`DataError` unless the split's bytes hash to the manifest's sha256 and every
+    id is below the tokenizer's vocabulary size.
 
+    Hashing a shard costs one read of it; the result is remembered in this process and in
+    ``.verified.json`` beside the shards, keyed by size, mtime_ns, ctime_ns, inode and the
+    manifest's sha256, so a later open of the untouched file costs one ``stat``. Any write to the
+    file (a copy, an in-place edit, a rebuild) changes the key and the next open re-hashes it.
+    """
     info = manifest["shards"][split]
     path = folder / info["file"]
-    if not path.exists() or sha256_file(path) != info["sha256"]:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
+           info["sha256"])
+    vocab = int(manifest["tokenizer"]["vocab_size"])
+    if not force and key in _verified_here:
+        return
+    cache_file = folder / VERIFIED_FILE
+    cached = (read_json(cache_file) or {}) if not force else {}
+    entry = cached.get(split)
+    if not force and isinstance(entry, dict) and entry.get("key") == list(key[1:]):
+        _verified_here[key] = int(entry["max_id"])
+        return
+    digest, max_id, first_bad = _hash_and_max(path, np.dtype(info["dtype"]), vocab)
+    problems = []
+    if digest != info["sha256"]:
+        problems.append("does not match the sha256 in its manifest")
+    if max_id >= vocab:
+        problems.append(f"holds token id {max_id} (first out-of-range id at token {first_bad}) "
+                        f">= the '{manifest['tokenizer']['name']}' vocabulary size {vocab}")
+    if problems:
+        raise DataError(f"domain '{domain}': shard {path} " + " and ".join(problems)
+                        + f" (corrupt); {_rebuild_advice(folder, domain, manifest)}.")
+    _verified_here[key] = max_id
+    cached = read_json(cache_file) or {}  # another process may have added its splits meanwhile
+    cached[split] = {"key": list(key[1:]), "max_id": max_id}
+    with contextlib.suppress(OSError):  # a read-only cache: the verification holds here anyway
+        atomic_write_json(cache_file, cached)
+
+
+def _hash_and_max(path: Path, dtype: np.dtype, vocab: int,
+                  chunk_tokens: int = 1 << 22) -> tuple[str, int, int | None]:
+    """sha256, largest id and the index of the first id >= ``vocab`` (None if none), in one read."""
+    digest, max_id, first_bad, offset = hashlib.sha256(), -1, None, 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk_tokens * dtype.itemsize):
+            digest.update(block)
+            ids = np.frombuffer(block, dtype=dtype)
+            if len(ids):
+                m = int(ids.max())
+                max_id = max(max_id, m)
+                if m >= vocab and first_bad is None:
+                    first_bad = offset + int(np.argmax(ids >= vocab))
+            offset += len(ids)
+    return digest.hexdigest(), max_id, first_bad
+
+
+def verify_shard(folder: Path, split: str, manifest: dict, domain: str,
+                 force: bool = False) -> None:
+    """Size, sha256 and id check of one split (prepare uses it to decide whether shards on disk
+    are current); ``force`` re-hashes even a file this process or the cache already verified."""
+    info = manifest["shards"][split]
+    path = folder / info["file"]
+    if not path.exists() or path.stat().st_size != info["bytes"]:
         raise DataError(
-            f"domain '{domain}': shard {path} does not match the sha256 in its manifest "
-            f"(corrupt); delete {folder} and run `forgetlab data prepare --domains {domain} "
-            f"--tokenizer {manifest['tokenizer']['name']}`."
+            f"domain '{domain}': shard {path} is missing or does not have the size in its "
+            f"manifest (corrupt); {_rebuild_advice(folder, domain, manifest)}."
         )
+    check_shard(folder, split, manifest, domain, force=force)

@@ -12,7 +12,7 @@ import numpy as np
 from forgetlab.data.errors import DataError
 from forgetlab.data.paths import data_root, shard_dir
 from forgetlab.data.recipes import RECIPES
-from forgetlab.data.shards import open_shard, read_manifest, verify_shard
+from forgetlab.data.shards import open_shard, read_manifest
 from forgetlab.data.tokenizers import Tokenizer, load_tokenizer
 
 if TYPE_CHECKING:
@@ -28,11 +28,12 @@ def prepare_command(domain: str, tokenizer: str) -> str:
 class DomainData:
     """One prepared domain: ``train`` and ``val`` id arrays (memory-mapped) and the manifest."""
 
-    def __init__(self, name: str, folder: Path, manifest: dict, vocab_size: int) -> None:
+    def __init__(self, name: str, folder: Path, manifest: dict, vocab_size: int,
+                 verify: bool = False) -> None:
         self.name, self.folder, self.manifest = name, folder, manifest
         self.vocab_size = vocab_size
-        self.train = open_shard(folder, "train", manifest, name)
-        self.val = open_shard(folder, "val", manifest, name)
+        self.train = open_shard(folder, "train", manifest, name, verify)
+        self.val = open_shard(folder, "val", manifest, name, verify)
         self._unigram: np.ndarray | None = None
 
     def unigram_counts(self) -> np.ndarray:
@@ -69,8 +70,10 @@ class Stream(Mapping[str, DomainData]):
 
 def open_stream(domains: list[str], tokenizer: str, cache_dir: str | None = None,
                 verify: bool = False) -> Stream:
-    """Open prepared domains; every shard is checked against its manifest (size, and sha256 with
-    ``verify=True``) and against the tokenizer it was made with."""
+    """Open prepared domains; every shard is checked against the tokenizer it was made with and
+    against its manifest: size on every open, sha256 and largest token id once per process and
+    file version (cached beside the shards, see :func:`~forgetlab.data.shards.check_shard`), or
+    on every open with ``verify=True``."""
     root = data_root(cache_dir)
     tok = load_tokenizer(tokenizer, cache_dir)
     data = {}
@@ -85,10 +88,7 @@ def open_stream(domains: list[str], tokenizer: str, cache_dir: str | None = None
             raise DataError(f"domain '{name}': {folder} was tokenized with a different "
                             f"'{tokenizer}' than the one in the cache now; run `"
                             f"{prepare_command(name, tokenizer)}` to re-tokenize it.")
-        if verify:
-            for split in ("train", "val"):
-                verify_shard(folder, split, manifest, name)
-        data[name] = DomainData(name, folder, manifest, tok.vocab_size)
+        data[name] = DomainData(name, folder, manifest, tok.vocab_size, verify)
     return Stream(tok, data)
 
 
