@@ -2,19 +2,74 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
+class DiskFullError(OSError):
+    """A write failed for lack of space; the message names the path, the free space and what to do."""
+
+    def __init__(self, path: str | Path, note: str = "") -> None:
+        self.path = Path(path)
+        super().__init__(errno.ENOSPC, f"no space left on the device writing {self.path} "
+                         f"({free_space(self.path)}){'; ' + note if note else ''}; free some "
+                         "space and run the same command again: it resumes from the last checkpoint")
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def free_space(path: Path) -> str:
+    """'N MiB free of M MiB' on the filesystem holding ``path`` (its nearest existing parent)."""
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        usage = shutil.disk_usage(probe)
+    except OSError:
+        return "free space unknown"
+    return f"{usage.free / 2**20:,.1f} MiB free of {usage.total / 2**20:,.1f} MiB"
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is a failed write for lack of space.
+
+    Also recognises what wrappers turn ENOSPC into: safetensors' "os error 28", pyarrow's
+    and torch's messages ("No space left on device").
+    """
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, DiskFullError):
+            return True
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(exc)
+        if "No space left on device" in text or "os error 28" in text:
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)`` on a temp file beside ``path``, fsync it, then rename it over ``path``."""
+    """Call ``write(tmp_path)`` on a temp file beside ``path``, fsync it, then rename it over ``path``.
+
+    On any failure the temp file is removed; a failure for lack of space is raised as
+    :class:`DiskFullError` naming ``path``.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as e:
+        if is_disk_full(e):
+            raise DiskFullError(target) from None
+        raise
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -22,8 +77,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if is_disk_full(e) and not isinstance(e, DiskFullError):
+            raise DiskFullError(target) from None
         raise
 
 

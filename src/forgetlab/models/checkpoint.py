@@ -41,10 +41,33 @@ def save_model(model: GPT, path: str | Path) -> Path:
     metadata = {_FORMAT_KEY: FORMAT, _CONFIG_KEY: model.config.model_dump_json()}
     try:
         save_file(state_dict_to_save(model), str(tmp), metadata=metadata)
+        _sort_metadata(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _sort_metadata(path: Path) -> None:
+    """Rewrite the header of a safetensors file with its metadata keys sorted, in place.
+
+    safetensors writes the metadata map in hash order, which differs between processes, so two
+    saves of the same weights differed in their first bytes. The sorted header holds the same
+    keys and values, so it has the same length (padding absorbs any difference) and the tensor
+    data after it is untouched: identical weights now give identical files.
+    """
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        raw = f.read(n)
+        header = json.loads(raw)
+        meta = header.pop("__metadata__", None)
+        if meta is not None:
+            header = {"__metadata__": dict(sorted(meta.items())), **header}
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > n:  # cannot happen for a reordering; keep the valid file as written
+            return
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))
 
 
 def read_metadata(path: Path) -> dict[str, str]:

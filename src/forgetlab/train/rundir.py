@@ -7,11 +7,14 @@ Layout (what analysis, reports and ``from_pretrained`` rely on)::
                           timing, peak_memory, env, status (running | finished | failed)
       curves.parquet      step, stage, stage_step, train_loss, lr, tokens_per_s, in-stage eval points
       checkpoints/
-        step-00000120/    model.safetensors + trainer.pt (optimizer, RNG, cursor, mechanism state)
+        step-00000120/    model.safetensors + trainer.pt (optimizer, RNG, cursor, R, mechanism
+                          state) + wallclock.pt (timings, curves) + checkpoint.json (sha256s)
         latest -> step-00000120
       tb/                 TensorBoard event files
 
-Every file is written atomically; a finished run is never overwritten.
+Every file is written atomically; a finished run is never overwritten. A run.json that cannot be
+parsed (truncated by hand or by a broken disk) is never read as "no run": every reader gets a
+:class:`RunDirError` naming it, and a re-run rebuilds it from the newest intact checkpoint.
 """
 
 from __future__ import annotations
@@ -35,6 +38,13 @@ LATEST = "latest"
 TENSORBOARD = "tb"
 MODEL_FILE = "model.safetensors"
 TRAINER_FILE = "trainer.pt"
+CORRUPT = "corrupt"
+"""The status readers give a run whose run.json cannot be parsed."""
+
+
+class RunDirError(ConfigError):
+    """A run directory's record or checkpoints are unreadable: names the path and what to do."""
+
 
 log = logging.getLogger("forgetlab.train")
 
@@ -78,16 +88,45 @@ class RunDir:
         return self.root / TENSORBOARD
 
     def read(self) -> dict[str, Any] | None:
-        if not self.run_json.exists():
+        """The run record, None when there is none; :class:`RunDirError` when it is unreadable."""
+        try:
+            text = self.run_json.read_text()
+        except FileNotFoundError:
             return None
-        return json.loads(self.run_json.read_text())
+        except (OSError, UnicodeDecodeError) as e:
+            raise self._corrupt(e) from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise self._corrupt(e) from None
+        if not isinstance(data, dict) or "status" not in data:
+            raise self._corrupt(ValueError("no 'status' field"))
+        return data
+
+    def _corrupt(self, cause: Exception) -> RunDirError:
+        return RunDirError(
+            f"{str(self.run_json)!r} is not a readable run record ({cause}): truncated or corrupt. "
+            f"Running the same spec (or its study) again resumes the run from its newest intact "
+            f"checkpoint and rewrites it; or delete {str(self.root)!r} to run it from scratch"
+        )
 
     def status(self) -> str | None:
-        data = self.read()
+        """running | finished | failed, ``corrupt`` for an unreadable run.json, None if none."""
+        try:
+            data = self.read()
+        except RunDirError:
+            return CORRUPT
         return None if data is None else data.get("status")
 
+    def checkpoint_dirs(self) -> list[Path]:
+        """Every complete checkpoint directory, newest first."""
+        if not self.checkpoints.is_dir():
+            return []
+        steps = [p for p in self.checkpoints.glob("step-*") if (p / TRAINER_FILE).exists()]
+        return sorted(steps, reverse=True)
+
     def has_checkpoint(self) -> bool:
-        return (self.latest / TRAINER_FILE).exists()
+        return bool(self.checkpoint_dirs())
 
     def check_usable(self, cfg: RunConfig) -> bool:
         """Decide whether a run may start here; returns True when it should resume.
@@ -103,7 +142,10 @@ class RunDir:
                 f"--out {str(self.root)!r} is a file, not a directory; choose a new or empty "
                 "directory"
             )
-        existing = self.read()
+        try:
+            existing = self.read()
+        except RunDirError as e:
+            return self._resume_corrupt(cfg, e)
         if existing is None:
             if self.root.exists() and any(self.root.iterdir()):
                 raise ConfigError(
@@ -137,6 +179,21 @@ class RunDir:
         self.run_json.unlink(missing_ok=True)
         self.curves.unlink(missing_ok=True)
         shutil.rmtree(self.tensorboard, ignore_errors=True)
+
+    def _resume_corrupt(self, cfg: RunConfig, error: RunDirError) -> bool:
+        """An unreadable run.json: resume from the checkpoints (they hold R, curves and flops, so
+        the record is rebuilt exactly) when they belong to this config; otherwise refuse."""
+        from forgetlab.train.checkpoint import checkpoint_config_hash
+
+        if not self.has_checkpoint():
+            raise RunDirError(f"{error}; it has no checkpoint to rebuild it from") from None
+        stored = checkpoint_config_hash(self.checkpoint_dirs()[0])
+        if stored != config_hash(cfg):
+            raise RunDirError(
+                f"{error}; its checkpoints hold another config ({stored} != {config_hash(cfg)})"
+            ) from None
+        log.warning("%s is unreadable; resuming from the checkpoints to rebuild it", self.run_json)
+        return True
 
     def write_run_json(self, data: dict[str, Any]) -> None:
         atomic_write_json(self.run_json, data)

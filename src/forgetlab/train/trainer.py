@@ -31,13 +31,14 @@ from forgetlab.analysis.columns import KINDS as METRIC_KINDS
 from forgetlab.analysis.columns import PHASES
 from forgetlab.analysis.metrics import convergence_steps
 from forgetlab.analysis.registry import cl_metrics
+from forgetlab.atomic import DiskFullError
 from forgetlab.config import ConfigError, RunConfig
 from forgetlab.data import fixed_windows, open_stream, sample_windows
 from forgetlab.mechanisms import Batch, StepOutput, TrainContext, build_mechanisms
 from forgetlab.models import model_flops_per_token
 from forgetlab.models.checkpoint import declared_frozen
 from forgetlab.models.init import build_run_model
-from forgetlab.train.checkpoint import load_checkpoint, save_checkpoint
+from forgetlab.train.checkpoint import first_non_finite, load_checkpoint, save_checkpoint
 from forgetlab.train.device import (
     autocast_factory,
     resolve_device,
@@ -47,6 +48,7 @@ from forgetlab.train.device import (
 from forgetlab.train.distributed import init_distributed, shutdown_distributed
 from forgetlab.train.env import environment, peak_memory_bytes
 from forgetlab.train.evaluate import EvalSet, evaluate, make_eval_set, unigram_baseline
+from forgetlab.train.failures import DivergenceError, run_failure
 from forgetlab.train.flops import FlopsAccount, peak_flops
 from forgetlab.train.rundir import RunDir, config_hash
 from forgetlab.train.schedule import lr_at
@@ -227,15 +229,19 @@ class Trainer:
         for m in self.mechanisms:
             m.after_backward(self.ctx)
         t0 = self.timer.add(stage, "backward", t0)
-        grad_norm = float("nan")
         if self.cfg.train.grad_clip > 0:
-            grad_norm = float(
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        else:  # still measured: a non-finite gradient stops the run (no host sync here)
+            norm = torch.nn.utils.get_total_norm(
+                [p.grad for p in self.model.parameters() if p.grad is not None]
             )
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.model.after_optimizer_step()  # e.g. re-apply sparsity masks
-        t0 = self.timer.add(stage, "optimizer", t0)
+        t0 = self.timer.add(stage, "optimizer", t0)  # synchronises: reading the norm is free now
+        grad_norm = float(norm)
+        if not math.isfinite(grad_norm):
+            raise self._diverged("the gradient norm", grad_norm)
         for m in self.mechanisms:
             m.after_step(self.ctx)  # may run a whole sleep phase of extra steps
         t0 = self.timer.add(stage, "mechanisms", t0)
@@ -272,6 +278,8 @@ class Trainer:
             tokens += batch.n_tokens * world
             for k, v in micro_terms.items():
                 terms[k] = terms.get(k, 0.0) + v / cfg.grad_accum
+        if not math.isfinite(total):  # the loss is on the host already: checked every step
+            raise self._diverged("the training loss", total)
         grad_norm, _ = self._optimizer_step(stage, t0)
         self.flops.add_train(stage, tokens)
         return {"train_loss": total, "grad_norm": grad_norm, "tokens": tokens, **terms}
@@ -286,12 +294,39 @@ class Trainer:
         self.timer.paused = True  # the calling hook's time covers it (phase "mechanisms")
         try:
             loss, _ = self._forward_loss(batch)
+            if not math.isfinite(float(loss.detach())):
+                raise self._diverged("a mechanism's extra-step loss", float(loss.detach()))
             loss.backward()
             self._optimizer_step(stage, time.perf_counter())
         finally:
             self.timer.paused = False
         self.flops.add_extra(stage, batch.n_tokens)
         return float(loss.detach())
+
+    # ----------------------------------------------------------------------------- divergence
+    def _diverged(self, what: str, value: float) -> DivergenceError:
+        """The error for a non-finite ``what`` in the step now running (1-based global step)."""
+        stage = self.ctx.stage
+        latest = self.run_dir.latest
+        return DivergenceError(
+            what,
+            value,
+            step=self.ctx.global_step + 1,
+            stage=stage,
+            domain=self.stream.domains[stage],
+            stage_step=self.ctx.step + 1,
+            checkpoint=latest.resolve() if latest.exists() else None,
+            lr=self.optimizer.param_groups[0]["lr"],
+        )
+
+    def _check_evaluation(self, results: dict[str, list[float]], after: str) -> None:
+        """Non-finite evaluation results are never written as R: the run fails instead."""
+        for kind, values in results.items():
+            for name, v in zip(self.stream.domains, values, strict=False):
+                if not math.isfinite(v):
+                    err = self._diverged(f"the evaluation {kind} on '{name}' {after}", v)
+                    err.details["step"] = self.ctx.global_step  # evaluated after this step
+                    raise err
 
     # --------------------------------------------------------------------------- evaluation
     def _evaluate_all(self, stage_for_accounting: int) -> dict[str, list[float]]:
@@ -304,6 +339,7 @@ class Trainer:
                 row[k].append(res[k])
             self.flops.add_eval(stage_for_accounting, es.n_tokens)
         self.timer.add(stage_for_accounting, "eval", t0)
+        self._check_evaluation(row, f"at step {self.ctx.global_step}")
         return row
 
     def _evaluate_new_domain(self, stage: int) -> dict[str, float]:
@@ -313,6 +349,9 @@ class Trainer:
             res = evaluate(self.model, es, self.cfg.data.eval_batch_size, self.autocast)
         self.flops.add_eval(stage, es.n_tokens)
         self.timer.add(stage, "eval", t0)
+        self._check_evaluation(
+            {k: [res[k]] for k in METRIC_KINDS}, f"at step {self.ctx.global_step}"
+        )
         return res
 
     # -------------------------------------------------------------------------- persistence
@@ -365,10 +404,15 @@ class Trainer:
     def _checkpoint(self, stage: int, step: int) -> None:
         if not self.dist.is_main:
             return
+        bad = first_non_finite(self.model.state_dict())  # so every checkpoint on disk is finite
+        if bad:
+            raise self._diverged(f"weight {bad}", float("nan"))
         save_checkpoint(self.run_dir, self.model, self._state(stage, step), self.ctx.global_step)
         self._write_curves(self.curves)
 
-    def _record(self, status: str, error: str | None = None) -> dict[str, Any]:
+    def _record(
+        self, status: str, error: str | None = None, failure: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """The run.json document; R rows so far, metrics once the stream is done."""
         cfg = self.cfg
         domains = list(self.stream.domains)
@@ -399,6 +443,7 @@ class Trainer:
         return {
             "status": status,
             "error": error,
+            "failure": failure,
             "name": cfg.name,
             "config_hash": config_hash(cfg),
             "config": cfg.model_dump(mode="json"),
@@ -488,8 +533,15 @@ class Trainer:
         try:
             record = self._run()
         except BaseException as e:
-            err = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"
-            self._write_run_json(self._record("failed", err))
+            known = run_failure(e)  # divergence, disk full: one line that says what to do
+            err, failure = known or (f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}", None)
+            try:
+                self._write_run_json(self._record("failed", err, failure))
+            except DiskFullError as full:
+                note = f"{self.run_dir.run_json} could not be marked failed either"
+                raise DiskFullError(failure["path"] if failure else full.path, note) from None
+            if failure and failure["kind"] == "disk_full" and not isinstance(e, DiskFullError):
+                raise DiskFullError(failure["path"] or self.run_dir.root) from None
             raise
         finally:
             if self.tb is not None:

@@ -1,0 +1,51 @@
+"""Why a run stopped on its own: the errors a run ends with as ``failed``, each a one-line message
+with what to do, and the structured fields run.json records for the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from forgetlab.atomic import DiskFullError, is_disk_full
+
+
+class DivergenceError(RuntimeError):
+    """A non-finite loss, gradient norm, weight or evaluation: training cannot go on meaningfully.
+
+    ``step`` is the global optimizer step (1-based) at which the value first went non-finite,
+    ``stage`` the 0-based stage, ``checkpoint`` the newest checkpoint on disk (every checkpoint is
+    checked finite when written), from which a changed run cannot resume (its config differs) but
+    whose weights can be inspected.
+    """
+
+    def __init__(self, what: str, value: float, step: int, stage: int, domain: str,
+                 stage_step: int, checkpoint: Path | None, lr: float) -> None:
+        self.details: dict[str, Any] = {
+            "kind": "divergence",
+            "what": what,
+            "value": str(value),
+            "step": step,
+            "stage": stage,
+            "domain": domain,
+            "stage_step": stage_step,
+            "checkpoint": str(checkpoint) if checkpoint else None,
+        }
+        where = f"step {step} (stage {stage + 1} '{domain}', step {stage_step} of the stage)"
+        last = str(checkpoint) if checkpoint else "none (no checkpoint was written yet)"
+        super().__init__(
+            f"training diverged: {what} is {value} at {where}; last finite checkpoint: {last}; "
+            f"lower train.lr (now {lr:g}) or set train.grad_clip"
+        )
+
+
+def run_failure(exc: BaseException) -> tuple[str, dict[str, Any]] | None:
+    """(one-line message, run.json ``failure`` fields) for a failure the lab explains itself
+    (divergence, a full disk); None for anything else, which keeps its traceback."""
+    if isinstance(exc, DivergenceError):
+        return str(exc), exc.details
+    if is_disk_full(exc):
+        err = exc if isinstance(exc, DiskFullError) else None
+        path = str(err.path) if err else getattr(exc, "filename", None)
+        return (str(err) if err else f"no space left on the device ({exc})"), {
+            "kind": "disk_full", "path": path}
+    return None
