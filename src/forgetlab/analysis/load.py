@@ -19,6 +19,7 @@ import pandas as pd
 
 from forgetlab.analysis.columns import flatten_record
 from forgetlab.config import ConfigError
+from forgetlab.train.rundir import CORRUPT, RunDir, RunDirError
 
 EXPERIMENT_JSON = "experiment.json"
 RESULTS = "results.parquet"
@@ -120,9 +121,13 @@ def load_experiment(path: str | Path) -> Experiment:
     meta = _read_json(meta_path)
     if meta is None or not isinstance(meta.get("runs"), list):
         raise ConfigError(f"{str(meta_path)!r} is not a valid experiment.json (no 'runs' list)")
-    records = {}
+    records, corrupt = {}, {}
     for run in meta["runs"]:
-        rec = _read_json(root / run.get("dir", f"runs/{run['run_id']}") / "run.json")
+        try:
+            rec = RunDir(root / run.get("dir", f"runs/{run['run_id']}")).read()
+        except RunDirError as e:
+            corrupt[run["run_id"]] = str(e)
+            continue
         if rec is not None:
             records[run["run_id"]] = rec
     if (root / RESULTS).exists():
@@ -131,6 +136,7 @@ def load_experiment(path: str | Path) -> Experiment:
         results = pd.DataFrame([row_from_record(r, records.get(r["run_id"])) for r in meta["runs"]])
     if results.empty:
         raise ConfigError(f"{str(root)!r} lists no runs: nothing to analyse")
+    results = _mark_corrupt(results, corrupt)
     results = _with_parameters(results, records)
     for col in metric_columns(results):
         results[col] = results[col].astype(float)
@@ -139,6 +145,24 @@ def load_experiment(path: str | Path) -> Experiment:
             results[col] = default
     results["budget"] = results["budget"].fillna("default").astype(str)
     return Experiment(root=root, meta=meta, results=results, records=records)
+
+
+def _mark_corrupt(results: pd.DataFrame, corrupt: dict[str, str]) -> pd.DataFrame:
+    """Runs whose run.json is unreadable now: status ``corrupt`` with the reason, and none of the
+    numbers an earlier results.parquet may still hold for them (they can no longer be checked)."""
+    if not corrupt:
+        return results
+    out = results.copy()
+    rows = out["run_id"].isin(list(corrupt))
+    if "error" not in out:
+        out["error"] = None
+    out["status"] = out["status"].astype(object)
+    out["error"] = out["error"].astype(object)
+    out.loc[rows, "status"] = CORRUPT
+    out.loc[rows, "error"] = out.loc[rows, "run_id"].map(corrupt)
+    for col in metric_columns(out):
+        out.loc[rows, col] = np.nan
+    return out
 
 
 def _with_parameters(results: pd.DataFrame, records: dict[str, dict[str, Any]]) -> pd.DataFrame:

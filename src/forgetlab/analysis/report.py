@@ -222,6 +222,16 @@ def section_execution(doc: Doc, an: dict[str, Any]) -> None:
             for r in an["runs"]
         ],
     )
+    stopped = [r for r in an["runs"] if r["status"] in ("failed", "corrupt")]
+    if stopped:
+        doc.h(3, "Failed and corrupt runs (left out of every statistic)")
+        doc.bullets(
+            [
+                f"`{r['run_id']}` ({r['group']}, seed {r['seed']}): **{r['status']}**: "
+                f"{(r['error'] or 'no error recorded').splitlines()[0]}"
+                for r in stopped
+            ]
+        )
 
 
 def _duration(e: dict[str, Any]) -> str:

@@ -3,7 +3,9 @@
 Every command is wrapped in :func:`user_errors` (as a decorator, or around part of its body). Any
 :class:`~forgetlab.config.ForgetlabError` (a bad spec, override, data source, checkpoint path...)
 is printed as ``error: MESSAGE`` on one stderr line, with no traceback, and the command exits with
-:data:`USER_ERROR_EXIT`. Any other exception is a bug and keeps its traceback.
+:data:`USER_ERROR_EXIT`. A run that failed for a reason it explains itself (divergence, a full
+disk) is one line too, with :data:`RUN_FAILED_EXIT`. Any other exception is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import typer
 from forgetlab.config import ForgetlabError
 
 USER_ERROR_EXIT = 2
+RUN_FAILED_EXIT = 1
 
 
 @contextmanager
@@ -26,6 +29,14 @@ def user_errors() -> Iterator[None]:
     except ForgetlabError as e:
         typer.echo(f"error: {one_line(e)}", err=True)
         raise typer.Exit(USER_ERROR_EXIT) from None
+    except Exception as e:
+        from forgetlab.atomic import DiskFullError
+        from forgetlab.train.failures import DivergenceError
+
+        if not isinstance(e, DivergenceError | DiskFullError):
+            raise
+        typer.echo(f"error: {one_line(e)}", err=True)  # run.json records it as failed
+        raise typer.Exit(RUN_FAILED_EXIT) from None
 
 
 def one_line(error: BaseException) -> str:

@@ -29,7 +29,7 @@ from forgetlab.analysis.columns import empty_metrics, flatten_record
 from forgetlab.analysis.load import preregistration_hash
 from forgetlab.atomic import atomic_write, atomic_write_json, atomic_write_text
 from forgetlab.config import ConfigError
-from forgetlab.train.rundir import RunDir
+from forgetlab.train.rundir import CORRUPT, RunDir, RunDirError
 
 EXPERIMENT_JSON = "experiment.json"
 RESULTS = "results.parquet"
@@ -116,8 +116,13 @@ class ExperimentStore:
         self._error_file(run_id).unlink(missing_ok=True)
 
     def status(self, run_id: str) -> tuple[str, str | None]:
-        """(finished | failed | running | pending, error): ``running`` also means interrupted."""
-        record = self.run_dir(run_id).read()
+        """(finished | failed | running | corrupt | pending, error): ``running`` also means
+        interrupted; ``corrupt`` an unreadable run.json, which the next invocation re-runs
+        from the run's newest intact checkpoint (rebuilding the record)."""
+        try:
+            record = self.run_dir(run_id).read()
+        except RunDirError as e:
+            return CORRUPT, str(e)
         status = record.get("status") if record else None
         err_file = self._error_file(run_id)
         if status == "finished":
@@ -158,7 +163,7 @@ class ExperimentStore:
             error=error,
         )
         row.update(empty_metrics(len(entry["order"])))
-        record = self.run_dir(entry["run_id"]).read()
+        record = None if status == CORRUPT else self.run_dir(entry["run_id"]).read()
         if record is not None:
             row.update(flatten_record(record))
         return row

@@ -1,0 +1,48 @@
+"""`forgetlab run` on a diverging config and on a run directory with a truncated run.json."""
+
+import json
+
+from test_run_command import forgetlab, write_spec
+
+
+def test_a_diverging_run_exits_non_zero_with_one_line(fixture_data, tmp_path):
+    spec = write_spec(tmp_path / "s.toml", fixture_data)
+    out = tmp_path / "run"
+    done = forgetlab("run", str(spec), "--out", str(out), "--set", "train.lr=1e3",
+                     "--set", "train.warmup_steps=0", "--quiet")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: training diverged: the gradient norm is nan at step 2 ")
+    assert "last finite checkpoint: none" in last
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "failed" and record["failure"]["step"] == 2
+
+
+def test_a_truncated_run_json_is_rebuilt_from_the_checkpoints(fixture_data, tmp_path):
+    spec = write_spec(tmp_path / "s.toml", fixture_data)
+    out = tmp_path / "run"
+    assert forgetlab("run", str(spec), "--out", str(out), "--quiet").returncode == 0
+    before = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text((out / "run.json").read_text()[:50])
+    done = forgetlab("run", str(spec), "--out", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "is unreadable; resuming from the checkpoints" in done.stderr
+    after = json.loads((out / "run.json").read_text())
+    assert after["status"] == "finished" and after["R"] == before["R"]
+
+
+def test_a_truncated_run_json_without_checkpoints_names_the_file_and_what_to_do(
+    fixture_data, tmp_path
+):
+    spec = write_spec(tmp_path / "s.toml", fixture_data)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text('{"status": "runn')
+    done = forgetlab("run", str(spec), "--out", str(out), "--quiet")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: '{out / 'run.json'}' is not a readable run record (Unterminated string starting "
+        "at: line 1 column 12 (char 11)): truncated or corrupt. Running the same spec (or its "
+        "study) again resumes the run from its newest intact checkpoint and rewrites it; or "
+        f"delete '{out}' to run it from scratch; it has no checkpoint to rebuild it from"
+    )
