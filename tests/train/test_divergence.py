@@ -77,7 +77,8 @@ def test_a_nan_evaluation_is_never_written_as_r(fixture_data, tmp_path, monkeypa
 
     monkeypatch.setattr(trainer_module, "evaluate", nan_on_the_last_domain_at_the_end)
     out = tmp_path / "run"
-    with pytest.raises(DivergenceError, match=r"evaluation loss on 'math' at step 6 is nan"):
+    with pytest.raises(DivergenceError, match=r"evaluation loss on 'math' is nan after step 6 "
+                       r"\(stage 1 'code', step 6 of the stage\)"):
         Trainer(micro_config(fixture_data, domains=2), out, progress=False).run()
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "failed" and len(record["R"]["loss"]) == 1

@@ -19,7 +19,7 @@ class DivergenceError(RuntimeError):
     """
 
     def __init__(self, what: str, value: float, step: int, stage: int, domain: str,
-                 stage_step: int, checkpoint: Path | None, lr: float) -> None:
+                 stage_step: int, checkpoint: Path | None, lr: float, when: str = "at") -> None:
         self.details: dict[str, Any] = {
             "kind": "divergence",
             "what": what,
@@ -30,10 +30,10 @@ class DivergenceError(RuntimeError):
             "stage_step": stage_step,
             "checkpoint": str(checkpoint) if checkpoint else None,
         }
-        where = f"step {step} (stage {stage + 1} '{domain}', step {stage_step} of the stage)"
+        where = f"{when} step {step} (stage {stage + 1} '{domain}', step {stage_step} of the stage)"
         last = str(checkpoint) if checkpoint else "none (no checkpoint was written yet)"
         super().__init__(
-            f"training diverged: {what} is {value} at {where}; last finite checkpoint: {last}; "
+            f"training diverged: {what} is {value} {where}; last finite checkpoint: {last}; "
             f"lower train.lr (now {lr:g}) or set train.grad_clip"
         )
 

@@ -294,39 +294,41 @@ class Trainer:
         self.timer.paused = True  # the calling hook's time covers it (phase "mechanisms")
         try:
             loss, _ = self._forward_loss(batch)
-            if not math.isfinite(float(loss.detach())):
-                raise self._diverged("a mechanism's extra-step loss", float(loss.detach()))
             loss.backward()
-            self._optimizer_step(stage, time.perf_counter())
+            self._optimizer_step(stage, time.perf_counter())  # checks the gradient norm
         finally:
             self.timer.paused = False
         self.flops.add_extra(stage, batch.n_tokens)
-        return float(loss.detach())
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise self._diverged("a mechanism's extra-step loss", value)
+        return value
 
     # ----------------------------------------------------------------------------- divergence
-    def _diverged(self, what: str, value: float) -> DivergenceError:
-        """The error for a non-finite ``what`` in the step now running (1-based global step)."""
+    def _diverged(self, what: str, value: float, evaluation: bool = False) -> DivergenceError:
+        """The error for a non-finite ``what``: in the optimizer step now running (1-based
+        global step), or, for an ``evaluation``, after the last step done (0 before training)."""
         stage = self.ctx.stage
         latest = self.run_dir.latest
+        done = self.ctx.global_step
         return DivergenceError(
             what,
             value,
-            step=self.ctx.global_step + 1,
+            step=done if evaluation else done + 1,
             stage=stage,
             domain=self.stream.domains[stage],
-            stage_step=self.ctx.step + 1,
+            stage_step=(self.ctx.step + 1 if done else 0) if evaluation else self.ctx.step + 1,
             checkpoint=latest.resolve() if latest.exists() else None,
             lr=self.optimizer.param_groups[0]["lr"],
+            when="after" if evaluation else "at",
         )
 
-    def _check_evaluation(self, results: dict[str, list[float]], after: str) -> None:
+    def _check_evaluation(self, results: dict[str, list[float]], domains: list[str]) -> None:
         """Non-finite evaluation results are never written as R: the run fails instead."""
         for kind, values in results.items():
-            for name, v in zip(self.stream.domains, values, strict=False):
+            for name, v in zip(domains, values, strict=True):
                 if not math.isfinite(v):
-                    err = self._diverged(f"the evaluation {kind} on '{name}' {after}", v)
-                    err.details["step"] = self.ctx.global_step  # evaluated after this step
-                    raise err
+                    raise self._diverged(f"the evaluation {kind} on '{name}'", v, evaluation=True)
 
     # --------------------------------------------------------------------------- evaluation
     def _evaluate_all(self, stage_for_accounting: int) -> dict[str, list[float]]:
@@ -339,7 +341,7 @@ class Trainer:
                 row[k].append(res[k])
             self.flops.add_eval(stage_for_accounting, es.n_tokens)
         self.timer.add(stage_for_accounting, "eval", t0)
-        self._check_evaluation(row, f"at step {self.ctx.global_step}")
+        self._check_evaluation(row, list(self.stream.domains))
         return row
 
     def _evaluate_new_domain(self, stage: int) -> dict[str, float]:
@@ -349,9 +351,7 @@ class Trainer:
             res = evaluate(self.model, es, self.cfg.data.eval_batch_size, self.autocast)
         self.flops.add_eval(stage, es.n_tokens)
         self.timer.add(stage, "eval", t0)
-        self._check_evaluation(
-            {k: [res[k]] for k in METRIC_KINDS}, f"at step {self.ctx.global_step}"
-        )
+        self._check_evaluation({k: [res[k]] for k in METRIC_KINDS}, [self.stream.domains[stage]])
         return res
 
     # -------------------------------------------------------------------------- persistence
