@@ -83,3 +83,23 @@ def test_a_nan_evaluation_is_never_written_as_r(fixture_data, tmp_path, monkeypa
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "failed" and len(record["R"]["loss"]) == 1
     assert all(math.isfinite(v) for row in record["R"]["loss"] for v in row)
+
+
+def test_non_finite_weights_are_never_checkpointed(fixture_data, tmp_path):
+    out = tmp_path / "run"
+    trainer = Trainer(micro_config(fixture_data, domains=1, checkpoint_every=4), out,
+                      progress=False)
+    step = trainer._optimizer_step
+
+    def poisoning_the_fourth(stage, t0):  # after its gradient check, as a bad kernel would
+        result = step(stage, t0)
+        if trainer.ctx.global_step == 3:
+            with torch.no_grad():
+                next(trainer.model.parameters()).view(-1)[0] = math.inf
+        return result
+
+    trainer._optimizer_step = poisoning_the_fourth
+    with pytest.raises(DivergenceError, match=r"weight \S+ is not finite after step 4 \(stage 1 "
+                       r"'code', step 4 of the stage\); last finite checkpoint: none"):
+        trainer.run()
+    assert not RunDir(out).checkpoint_dirs()

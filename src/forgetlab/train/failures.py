@@ -18,7 +18,7 @@ class DivergenceError(RuntimeError):
     whose weights can be inspected.
     """
 
-    def __init__(self, what: str, value: float, step: int, stage: int, domain: str,
+    def __init__(self, what: str, value: float | str, step: int, stage: int, domain: str,
                  stage_step: int, checkpoint: Path | None, lr: float, when: str = "at") -> None:
         self.details: dict[str, Any] = {
             "kind": "divergence",

@@ -305,22 +305,23 @@ class Trainer:
         return value
 
     # ----------------------------------------------------------------------------- divergence
-    def _diverged(self, what: str, value: float, evaluation: bool = False) -> DivergenceError:
+    def _diverged(self, what: str, value: float | str, after: bool = False) -> DivergenceError:
         """The error for a non-finite ``what``: in the optimizer step now running (1-based
-        global step), or, for an ``evaluation``, after the last step done (0 before training)."""
+        global step), or, ``after`` (an evaluation, a weight check), after the last step done
+        (0 before training)."""
         stage = self.ctx.stage
         latest = self.run_dir.latest
         done = self.ctx.global_step
         return DivergenceError(
             what,
             value,
-            step=done if evaluation else done + 1,
+            step=done if after else done + 1,
             stage=stage,
             domain=self.stream.domains[stage],
-            stage_step=(self.ctx.step + 1 if done else 0) if evaluation else self.ctx.step + 1,
+            stage_step=(self.ctx.step + 1 if done else 0) if after else self.ctx.step + 1,
             checkpoint=latest.resolve() if latest.exists() else None,
             lr=self.optimizer.param_groups[0]["lr"],
-            when="after" if evaluation else "at",
+            when="after" if after else "at",
         )
 
     def _check_evaluation(self, results: dict[str, list[float]], domains: list[str]) -> None:
@@ -328,7 +329,7 @@ class Trainer:
         for kind, values in results.items():
             for name, v in zip(domains, values, strict=True):
                 if not math.isfinite(v):
-                    raise self._diverged(f"the evaluation {kind} on '{name}'", v, evaluation=True)
+                    raise self._diverged(f"the evaluation {kind} on '{name}'", v, after=True)
 
     # --------------------------------------------------------------------------- evaluation
     def _evaluate_all(self, stage_for_accounting: int) -> dict[str, list[float]]:
@@ -406,7 +407,7 @@ class Trainer:
             return
         bad = first_non_finite(self.model.state_dict())  # so every checkpoint on disk is finite
         if bad:
-            raise self._diverged(f"weight {bad}", float("nan"))
+            raise self._diverged(f"weight {bad}", "not finite", after=True)
         save_checkpoint(self.run_dir, self.model, self._state(stage, step), self.ctx.global_step)
         self._write_curves(self.curves)
 
