@@ -224,17 +224,13 @@ def load_results(study_dir: PathLike) -> pd.DataFrame:
 def load_run(run_dir: PathLike, *, typed: bool = True) -> RunRecord | dict[str, Any]:
     """A run directory's run.json: a :class:`RunRecord` (config typed, R as DataFrames through
     ``r_matrix``), or with ``typed=False`` the plain dict."""
-    import json
 
     from forgetlab.config import ConfigError
     from forgetlab.train.record import RunRecord
     from forgetlab.train.rundir import RunDir
 
     path = _check_path(run_dir, "run_dir")
-    try:
-        raw = RunDir(path).read()
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{str(path / 'run.json')!r} is not valid JSON: {e}") from None
+    raw = RunDir(path).read()  # an unreadable run.json raises RunDirError (a ConfigError)
     if raw is None:
         raise ConfigError(f"{str(path)!r} holds no run.json: not a forgetlab run directory")
     return RunRecord.from_dict(raw, path) if typed else raw

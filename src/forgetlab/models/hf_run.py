@@ -26,14 +26,13 @@ CARD_KINDS = ("loss", "bpb", "accuracy")
 
 
 def read_run_record(run_dir: Path) -> dict[str, Any] | None:
-    """The run.json of ``run_dir``, or None when it has none."""
-    path = run_dir / RUN_JSON
-    if not path.is_file():
-        return None
+    """The run.json of ``run_dir``, or None when it has none (read by the one run-record reader)."""
+    from forgetlab.train.rundir import RunDir, RunDirError
+
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelExportError(f"{str(path)!r} is not valid JSON: {e}") from None
+        return RunDir(run_dir).read()
+    except RunDirError as e:
+        raise ModelExportError(str(e)) from None
 
 
 def is_run_dir(path: Path) -> bool:
