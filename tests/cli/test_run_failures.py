@@ -31,18 +31,13 @@ def test_a_truncated_run_json_is_rebuilt_from_the_checkpoints(fixture_data, tmp_
     assert after["status"] == "finished" and after["R"] == before["R"]
 
 
-def test_a_truncated_run_json_without_checkpoints_names_the_file_and_what_to_do(
-    fixture_data, tmp_path
-):
+def test_a_truncated_run_json_without_checkpoints_starts_the_run_again(fixture_data, tmp_path):
     spec = write_spec(tmp_path / "s.toml", fixture_data)
     out = tmp_path / "run"
     out.mkdir()
-    (out / "run.json").write_text('{"status": "runn')
+    (out / "run.json").write_text('{"status": "runn')  # killed mid-write by a broken disk
+    (out / "curves.parquet").write_text("rows of the attempt")
     done = forgetlab("run", str(spec), "--out", str(out), "--quiet")
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1] == (
-        f"error: '{out / 'run.json'}' is not a readable run record (Unterminated string starting "
-        "at: line 1 column 12 (char 11)): truncated or corrupt. Running the same spec (or its "
-        "study) again resumes the run from its newest intact checkpoint and rewrites it; or "
-        f"delete '{out}' to run it from scratch; it has no checkpoint to rebuild it from"
-    )
+    assert done.returncode == 0, done.stderr
+    assert "run.json is unreadable and the run has no checkpoint; starting it again" in done.stderr
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"

@@ -69,7 +69,7 @@ def test_a_truncated_run_json_is_named_listed_and_rebuilt_by_a_rerun(study, tmp_
     shown = cli("show", str(out / "runs" / lo))  # one line naming the file and what to do
     assert shown.returncode == 2 and "Traceback" not in shown.stderr
     assert f"'{run_json}' is not a readable run record" in shown.stderr
-    assert "resumes the run from its newest intact checkpoint" in shown.stderr
+    assert "again rebuilds it: it resumes the run from its newest intact checkpoint" in shown.stderr
 
     exp = load_experiment(out)  # results.parquet still says finished: the record wins
     row = exp.results.set_index("group").loc["lo"]

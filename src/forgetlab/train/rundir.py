@@ -106,8 +106,8 @@ class RunDir:
     def _corrupt(self, cause: Exception) -> RunDirError:
         return RunDirError(
             f"{str(self.run_json)!r} is not a readable run record ({cause}): truncated or corrupt. "
-            f"Running the same spec (or its study) again resumes the run from its newest intact "
-            f"checkpoint and rewrites it; or delete {str(self.root)!r} to run it from scratch"
+            f"Running the same spec (or its study) again rebuilds it: it resumes the run from its "
+            f"newest intact checkpoint, or starts the run again when it has none"
         )
 
     def status(self) -> str | None:
@@ -126,7 +126,7 @@ class RunDir:
         return sorted(steps, reverse=True)
 
     def has_checkpoint(self) -> bool:
-        return bool(self.checkpoint_dirs())
+        return bool(self.checkpoint_dirs()) or (self.latest / TRAINER_FILE).exists()
 
     def check_usable(self, cfg: RunConfig) -> bool:
         """Decide whether a run may start here; returns True when it should resume.
@@ -182,11 +182,16 @@ class RunDir:
 
     def _resume_corrupt(self, cfg: RunConfig, error: RunDirError) -> bool:
         """An unreadable run.json: resume from the checkpoints (they hold R, curves and flops, so
-        the record is rebuilt exactly) when they belong to this config; otherwise refuse."""
+        the record is rebuilt exactly) when they belong to this config; refuse when they belong
+        to another. Without a checkpoint nothing trained is kept, so, as for a run that failed
+        before its first checkpoint, the attempt's files are replaced by a fresh start."""
         from forgetlab.train.checkpoint import checkpoint_config_hash
 
         if not self.has_checkpoint():
-            raise RunDirError(f"{error}; it has no checkpoint to rebuild it from") from None
+            log.warning("%s is unreadable and the run has no checkpoint; starting it again",
+                        self.run_json)
+            self.discard_attempt()
+            return False
         stored = checkpoint_config_hash(self.checkpoint_dirs()[0])
         if stored != config_hash(cfg):
             raise RunDirError(
