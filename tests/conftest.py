@@ -95,3 +95,85 @@ def killed_run():
                 Trainer(cfg, out, progress=False).run()
 
     return run
+
+
+HOLD_LOCK = (
+    "import sys, time\n"
+    "from forgetlab.locks import DirectoryLock\n"
+    "lock = DirectoryLock(sys.argv[1]).acquire()  # kept: the open file is the lock\n"
+    "print('held', flush=True)\n"
+    "time.sleep(600)\n"
+)
+
+
+@pytest.fixture
+def lock_holder():
+    """``lock_holder(dir)`` starts another process that takes ``dir``'s writer lock and keeps it
+    (as a second ``forgetlab run`` would) and returns its Popen; SIGKILL it to leave a stale lock."""
+    import subprocess
+    import sys
+
+    started: list[subprocess.Popen] = []
+
+    def hold(root: Path) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", HOLD_LOCK, str(root)], stdout=subprocess.PIPE, text=True
+        )
+        started.append(proc)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        return proc
+
+    yield hold
+    for proc in started:
+        proc.kill()
+        proc.wait()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, dead but not yet reaped, is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def wait_dead(pids: list[int], within: float = 20.0) -> list[int]:
+    """The ``pids`` still alive after waiting up to ``within`` seconds for them to end."""
+    import time
+
+    deadline = time.monotonic() + within
+    while (alive := [p for p in pids if process_alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return alive
+
+
+def processes_naming(path: Path) -> list[int]:
+    """Live processes whose command line names ``path`` (a study's or a run's workers)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(path) in cmdline and process_alive(int(proc.name)):
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.fixture
+def processes():
+    """Process checks from /proc: ``alive(pid)``, ``wait_dead(pids)``, ``naming(path)``."""
+    from types import SimpleNamespace
+
+    def describe(pid: int) -> str:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            return "(gone)"
+
+    return SimpleNamespace(
+        alive=process_alive, wait_dead=wait_dead, naming=processes_naming, describe=describe
+    )

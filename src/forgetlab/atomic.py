@@ -113,3 +113,42 @@ def atomic_symlink(target: str, link: str | Path) -> None:
     tmp.unlink(missing_ok=True)
     os.symlink(target, tmp)
     os.replace(tmp, link)
+
+
+TEMP_SUFFIX = ".tmp"  # atomic_write's and atomic_symlink's files: ``.NAME.*.tmp``
+TEMP_DIR_PREFIX = ".tmp-"  # directories written then renamed whole (checkpoints): ``.tmp-NAME``
+
+
+def is_temp(name: str) -> bool:
+    """Whether ``name`` is work in progress of an atomic write (never a finished file)."""
+    return name.startswith(".") and (name.endswith(TEMP_SUFFIX) or name.startswith(TEMP_DIR_PREFIX))
+
+
+def remove_stale_temps(root: str | Path, skip: tuple[str, ...] = ()) -> tuple[int, int]:
+    """Remove the temp files and directories that writers killed mid-write left under ``root``.
+
+    A kill between a temp's creation and its rename leaves it forever (a checkpoint's is as big as
+    the model and its optimizer state). Call this only while holding ``root``'s lock
+    (:mod:`forgetlab.locks`): then no live writer owns a temp here. ``skip``: top-level folders
+    another lock guards (a study's ``runs``). Returns (entries removed, bytes freed).
+    """
+    import shutil
+
+    root = Path(root)
+    removed = freed = 0
+    for here, dirs, files in os.walk(root):
+        if Path(here) == root:
+            dirs[:] = [d for d in dirs if d not in skip]
+        for name in [*files, *dirs]:
+            if not is_temp(name):
+                continue
+            path = Path(here) / name
+            if path.is_dir() and not path.is_symlink():
+                freed += sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                freed += path.lstat().st_size
+                path.unlink(missing_ok=True)
+            removed += 1
+        dirs[:] = [d for d in dirs if not is_temp(d)]
+    return removed, freed

@@ -130,3 +130,19 @@ def test_torchrun_with_a_mechanism_that_freezes_weights_mid_run(fixture_data, tm
     record = json.loads((tmp_path / "two" / "run.json").read_text())
     assert record["status"] == "finished" and record["timing"]["throughput"]["devices"] == 2
     assert len(record["R"]["loss"]) == 3
+
+
+def test_a_second_run_on_a_directory_in_use_is_refused(fixture_data, tmp_path, lock_holder):
+    """Two `forgetlab run` on one --out: the second stops before any work, naming the holder."""
+    from typer.testing import CliRunner
+
+    from forgetlab.cli.main import app
+
+    spec = write_spec(tmp_path / "spec.toml", fixture_data, batch_size=4)
+    out = tmp_path / "run"
+    first = lock_holder(out)
+    res = CliRunner().invoke(app, ["run", str(spec), "--out", str(out), "--quiet"])
+    assert res.exit_code == 2
+    (line,) = [x for x in res.output.splitlines() if x.startswith("error:")]
+    assert f"run directory '{out}' is in use by process {first.pid} on this host" in line
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]

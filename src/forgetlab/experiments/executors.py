@@ -2,11 +2,14 @@
 the same two callbacks, so the runner does not know which one it drives.
 
 * ``local``: ``workers`` runs at a time, each in a fresh process (``python -m
-  forgetlab.experiments.worker``). On the CPU each gets ``cores // workers`` threads; with CUDA
+  forgetlab.experiments.worker``) that dies with the orchestrator. On the CPU each gets
+  ``cores // workers`` threads, or ``OMP_NUM_THREADS`` when the user set it; with CUDA
   devices each worker owns ``devices_per_run`` devices through ``CUDA_VISIBLE_DEVICES`` (so
   ``device = "auto"`` or ``"cuda"`` in the config is that device) and ``workers`` is capped at
   what the devices allow. With ``devices_per_run > 1`` the worker is started under ``torchrun``
-  and the trainer trains data-parallel (``forgetlab.train.distributed``).
+  and the trainer trains data-parallel (``forgetlab.train.distributed``). A run whose directory
+  another live process holds (:mod:`forgetlab.locks`) is not started: after a short wait it is
+  reported failed, naming that process.
 * ``ray``: every run is a Ray task with its own resource request (CPUs per run, GPUs), on a
   running cluster (``--address`` or ``RAY_ADDRESS``) or a fresh local instance.
 * ``slurm`` (``forgetlab.experiments.slurm``): one Slurm array job per study, through submitit.
@@ -17,6 +20,7 @@ Ray and Slurm need the run directories (and the data cache) on a filesystem ever
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import subprocess
@@ -29,6 +33,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from forgetlab.config import ConfigError
+from forgetlab.experiments.worker import PARENT_ENV
+from forgetlab.locks import DirectoryInUse
+from forgetlab.train.rundir import RunDir
+
+log = logging.getLogger("forgetlab.experiments")
 
 if TYPE_CHECKING:
     from forgetlab.experiments.slurm import SlurmExecutor, SlurmOptions
@@ -61,6 +70,7 @@ class LocalExecutor:
     """Runs on this machine, one process per run, ``workers`` at a time."""
 
     name = "local"
+    lock_wait = 5.0  # seconds a run directory held by another process is waited for
 
     def __init__(
         self,
@@ -79,7 +89,7 @@ class LocalExecutor:
         slots = len(self.devices) // devices_per_run if self.devices else workers
         self.workers = max(1, min(workers, slots))
         processes = self.workers * (devices_per_run if not self.devices else 1)
-        self.threads = max(1, (os.cpu_count() or 1) // processes)
+        self.threads = threads_per_process(processes)
         self.work_dir = work_dir
 
     def run(self, tasks: list[RunTask], on_start: OnStart, on_done: OnDone) -> None:
@@ -91,7 +101,8 @@ class LocalExecutor:
             slot = slots.get()
             try:
                 on_start(task)
-                on_done(task, self._subprocess(task, slot))
+                refused = held_elsewhere(task, self.lock_wait)
+                on_done(task, refused or self._subprocess(task, slot))
             finally:
                 slots.put(slot)
 
@@ -107,16 +118,12 @@ class LocalExecutor:
         )
         config.write_text(json.dumps(task.config))
         result.unlink(missing_ok=True)
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads)}
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), PARENT_ENV: str(os.getpid())}
         if self.devices:
             group = self.devices[slot * self.per_run : (slot + 1) * self.per_run]
             env["CUDA_VISIBLE_DEVICES"] = ",".join(group)
-        launcher = [sys.executable]
-        if self.per_run > 1:  # data-parallel: one process per device (gloo ranks on the CPU)
-            launcher += ["-m", "torch.distributed.run", "--standalone"]
-            launcher += [f"--nproc_per_node={self.per_run}"]
         cmd = [
-            *launcher,
+            sys.executable,
             "-m",
             "forgetlab.experiments.worker",
             "--config",
@@ -127,6 +134,8 @@ class LocalExecutor:
             str(self.threads),
             "--result",
             str(result),
+            "--nproc",  # data-parallel: one rank per device (gloo ranks on the CPU)
+            str(self.per_run),
         ]
         t0 = time.perf_counter()
         with log.open("a") as f:
@@ -138,6 +147,44 @@ class LocalExecutor:
             "seconds": time.perf_counter() - t0,
             "error": f"worker process exited with code {code} before reporting; see {log}",
         }
+
+
+def threads_per_process(processes: int) -> int:
+    """Threads for each of ``processes`` concurrent run processes: the user's
+    ``OMP_NUM_THREADS`` when set, else an equal share of the cores."""
+    share = max(1, (os.cpu_count() or 1) // processes)
+    user = os.environ.get("OMP_NUM_THREADS")
+    if user is None or not user.strip():
+        log.info(
+            "%d thread(s) per run process (%d cores / %d processes; set OMP_NUM_THREADS to choose)",
+            share, os.cpu_count() or 1, processes,
+        )
+        return share
+    try:
+        threads = int(user)
+        if threads < 1:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(
+            f"OMP_NUM_THREADS = {user!r} is not a thread count; allowed: an integer >= 1, or unset"
+        ) from None
+    log.info(
+        "OMP_NUM_THREADS = %d is set: each run process uses %d thread(s) (unset, it would get %d)",
+        threads, threads, share,
+    )
+    return threads
+
+
+def held_elsewhere(task: RunTask, wait: float) -> Outcome | None:
+    """A failed outcome, without starting the run, when another live process holds its directory
+    for longer than ``wait`` seconds (the worker still locks it itself for the whole run)."""
+    t0 = time.perf_counter()
+    try:
+        with RunDir(task.run_dir).lock(wait):
+            return None
+    except DirectoryInUse as e:
+        log.warning("run %s not started: %s", task.run_id, e)
+        return {"status": "failed", "error": str(e), "seconds": time.perf_counter() - t0}
 
 
 class RayExecutor:
@@ -219,6 +266,10 @@ class RayExecutor:
         try:
             # "running" under Ray means submitted: the cluster queues what it cannot place yet
             for t in tasks:
+                if (refused := held_elsewhere(t, 0.0)) is not None:
+                    on_start(t)
+                    on_done(t, refused)
+                    continue
                 cpus = self.cpus_for(t)
                 ref = remote.options(num_cpus=cpus, num_gpus=self.num_gpus).remote(
                     t.config, t.run_dir, cpus

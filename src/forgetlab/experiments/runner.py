@@ -4,7 +4,8 @@ Order of work: validate and expand the spec (every run's config resolves before 
 starts), make the data the runs need, calibrate matched-FLOPs budgets, write experiment.json
 (hashing the pre-registration), then hand the runs that are not finished to the executor. A run
 that fails is recorded with its error and the others go on; running the same command again skips
-finished runs and resumes interrupted ones from their checkpoints.
+finished runs and resumes interrupted ones from their checkpoints. One orchestrator at a time holds
+the study directory's lock (:mod:`forgetlab.locks`), and each run's worker its run directory's.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from forgetlab.atomic import remove_stale_temps
 from forgetlab.config import ConfigError, RunConfig
 from forgetlab.experiments.budgets import calibration_window, group_flops, match_steps
 from forgetlab.experiments.design import PlannedRun, expand, same_shape_configs
 from forgetlab.experiments.executors import RunTask, make_executor
 from forgetlab.experiments.plan import run_flops
 from forgetlab.experiments.spec import ExperimentSpec, load_spec
-from forgetlab.experiments.store import DirectoryLock, ExperimentStore
+from forgetlab.experiments.store import ExperimentStore
+from forgetlab.locks import DirectoryLock
 
 log = logging.getLogger("forgetlab.experiments")
 
@@ -156,7 +159,12 @@ def run_experiment(
     configs, reference = same_shape_configs(spec)
     # every run's config (other seeds and orders included); matched budgets need calibration
     planned = None if "matched_flops" in spec.budgets else expand(spec)
-    with _removed_if_left_empty(store.root), DirectoryLock(store.root):
+    with _removed_if_left_empty(store.root), DirectoryLock(store.root, "study directory"):
+        # each run's worker cleans its own directory under the run's lock
+        removed, freed = remove_stale_temps(store.root, skip=("runs",))
+        if removed:
+            log.info("%s: removed %d temp file(s) a killed study left (%.1f MB)",
+                     store.root, removed, freed / 1e6)
         ensure_data(list(configs.values()), progress=not quiet)
         if planned is None:
             planned = expand(spec, matched_steps(spec, store))

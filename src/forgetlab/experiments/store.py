@@ -18,7 +18,6 @@ a later invocation with another block keeps the original hash and flags the chan
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -167,38 +166,3 @@ class ExperimentStore:
         if record is not None:
             row.update(flatten_record(record))
         return row
-
-
-
-
-
-
-class DirectoryLock:
-    """One orchestrator per experiment directory: a second concurrent invocation is refused."""
-
-    def __init__(self, root: Path) -> None:
-        self.path = root / ".lock"
-
-    def __enter__(self) -> DirectoryLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
-            pid = int(self.path.read_text().strip() or 0)
-            if pid and pid != os.getpid() and _alive(pid):
-                raise ConfigError(
-                    f"--out {str(self.path.parent)!r} is in use by process {pid}; wait for it"
-                )
-        atomic_write_text(self.path, str(os.getpid()))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

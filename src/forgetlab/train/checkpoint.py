@@ -24,7 +24,13 @@ from typing import Any
 
 import torch
 
-from forgetlab.atomic import DiskFullError, atomic_symlink, atomic_write_json, is_disk_full
+from forgetlab.atomic import (
+    TEMP_DIR_PREFIX,
+    DiskFullError,
+    atomic_symlink,
+    atomic_write_json,
+    is_disk_full,
+)
 from forgetlab.data.fileio import sha256_file
 from forgetlab.models import ModelLoadError, load_model, save_model
 from forgetlab.train.rundir import MODEL_FILE, TRAINER_FILE, RunDir, RunDirError
@@ -44,7 +50,7 @@ def save_checkpoint(
     run.checkpoints.mkdir(parents=True, exist_ok=True)
     name = f"step-{global_step:08d}"
     final = run.checkpoints / name
-    tmp = run.checkpoints / f".tmp-{name}-{os.getpid()}"
+    tmp = run.checkpoints / f"{TEMP_DIR_PREFIX}{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()

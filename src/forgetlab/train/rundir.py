@@ -11,10 +11,13 @@ Layout (what analysis, reports and ``from_pretrained`` rely on)::
                           state) + wallclock.pt (timings, curves) + checkpoint.json (sha256s)
         latest -> step-00000120
       tb/                 TensorBoard event files
+      .lock               while a process writes the run (:mod:`forgetlab.locks`)
 
 Every file is written atomically; a finished run is never overwritten. A run.json that cannot be
 parsed (truncated by hand or by a broken disk) is never read as "no run": every reader gets a
-:class:`RunDirError` naming it, and a re-run rebuilds it from the newest intact checkpoint.
+:class:`RunDirError` naming it, and a re-run rebuilds it from the newest intact checkpoint. One process
+at a time writes a run directory: the trainer locks it before reading anything, and then
+removes the temp files a killed predecessor left.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from typing import Any
 
 import pandas as pd
 
-from forgetlab.atomic import atomic_write, atomic_write_json
+from forgetlab.atomic import atomic_write, atomic_write_json, is_temp
 from forgetlab.config import ConfigError, RunConfig
+from forgetlab.locks import LOCK_FILE, DirectoryLock
 
 RUN_JSON = "run.json"
 CURVES = "curves.parquet"
@@ -125,6 +129,10 @@ class RunDir:
         steps = [p for p in self.checkpoints.glob("step-*") if (p / TRAINER_FILE).exists()]
         return sorted(steps, reverse=True)
 
+    def lock(self, wait: float = 0.0) -> DirectoryLock:
+        """The run directory's writer lock (not yet acquired); ``wait``: seconds to retry."""
+        return DirectoryLock(self.root, "run directory", wait)
+
     def has_checkpoint(self) -> bool:
         return bool(self.checkpoint_dirs()) or (self.latest / TRAINER_FILE).exists()
 
@@ -147,7 +155,9 @@ class RunDir:
         except RunDirError as e:
             return self._resume_corrupt(cfg, e)
         if existing is None:
-            if self.root.exists() and any(self.root.iterdir()):
+            if self.root.exists() and any(
+                p.name != LOCK_FILE and not is_temp(p.name) for p in self.root.iterdir()
+            ):
                 raise ConfigError(
                     f"--out {str(self.root)!r} exists and is not a forgetlab run directory; "
                     "choose an empty or new directory"

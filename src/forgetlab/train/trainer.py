@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
 import time
 import traceback
@@ -31,7 +32,7 @@ from forgetlab.analysis.columns import KINDS as METRIC_KINDS
 from forgetlab.analysis.columns import PHASES
 from forgetlab.analysis.metrics import convergence_steps
 from forgetlab.analysis.registry import cl_metrics
-from forgetlab.atomic import DiskFullError
+from forgetlab.atomic import DiskFullError, remove_stale_temps
 from forgetlab.config import ConfigError, RunConfig
 from forgetlab.data import fixed_windows, open_stream, sample_windows
 from forgetlab.mechanisms import Batch, StepOutput, TrainContext, build_mechanisms
@@ -107,13 +108,40 @@ class PhaseTimer:
 class Trainer:
     """Runs one :class:`RunConfig` into one run directory (resuming it if it holds a checkpoint)."""
 
-    def __init__(self, cfg: RunConfig, out: str | Path, progress: bool = True) -> None:
+    def __init__(
+        self, cfg: RunConfig, out: str | Path, progress: bool = True, lock_wait: float = 0.0
+    ) -> None:
+        """Refuse ``out`` up front when it cannot be used: another process writes it (after
+        ``lock_wait`` seconds), or it holds a finished run or another config. A directory that
+        does not exist yet is created, and locked, only by :meth:`run`."""
         self.cfg = cfg
         self.run_dir = RunDir(out)
         self.progress = progress
         # names, knobs and each mechanism's fit to this run, before any data, model or directory
         self.mechanisms = build_mechanisms(cfg.mechanisms, cfg)
-        self.resume = self.run_dir.check_usable(cfg)
+        self.lock = self.run_dir.lock(lock_wait)
+        if self.run_dir.root.exists():
+            self._claim()
+        else:
+            self.resume = self.run_dir.check_usable(cfg)
+
+    def _claim(self) -> None:
+        """Lock the run directory, remove what a killed writer left half-written, and decide
+        whether to resume (again, under the lock: the directory may have changed since)."""
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun rank 0 owns the run directory
+            self.lock.acquire()
+        try:
+            if self.lock.held:
+                removed, freed = remove_stale_temps(self.run_dir.root)
+                if removed:
+                    log.info(
+                        "%s: removed %d temp file(s) a killed run left (%.1f MB)",
+                        self.run_dir.root, removed, freed / 1e6,
+                    )
+            self.resume = self.run_dir.check_usable(self.cfg)
+        except BaseException:
+            self.lock.release()
+            raise
 
     # ----------------------------------------------------------------------------- setup
     def _setup(self) -> None:
@@ -530,7 +558,12 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ the run
     def run(self) -> dict[str, Any]:
-        self._setup()
+        self._claim()
+        try:
+            self._setup()
+        except BaseException:
+            self.lock.release()
+            raise
         try:
             record = self._run()
         except BaseException as e:
@@ -548,6 +581,7 @@ class Trainer:
             if self.tb is not None:
                 self.tb.close()
             shutdown_distributed(self.dist)
+            self.lock.release()
         return record
 
     def _run(self) -> dict[str, Any]:
