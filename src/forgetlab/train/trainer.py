@@ -120,7 +120,7 @@ class Trainer:
         # names, knobs and each mechanism's fit to this run, before any data, model or directory
         self.mechanisms = build_mechanisms(cfg.mechanisms, cfg)
         self.lock = self.run_dir.lock(lock_wait)
-        if self.run_dir.root.exists():
+        if self.run_dir.root.is_dir():
             self._claim()
         else:
             self.resume = self.run_dir.check_usable(cfg)
