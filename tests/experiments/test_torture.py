@@ -130,7 +130,7 @@ def comparable(frame: pd.DataFrame) -> pd.DataFrame:
 def test_a_study_killed_again_and_again_ends_equal_to_an_uninterrupted_one(
     micro_base, tmp_path, processes
 ):
-    raw = study_spec(micro_base, steps=max(6, KILLS // 2))
+    raw = study_spec(micro_base, steps=max(6, KILLS))  # enough work for KILLS kill points
     spec = tmp_path / "torture.toml"
     spec.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in raw.items()))
     out = tmp_path / "killed"
