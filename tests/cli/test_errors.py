@@ -124,6 +124,11 @@ def _bad_executor(tmp: Path, data) -> list[str]:
     return ["run", str(spec), "--out", str(tmp / "o"), "--executor", "spark"]
 
 
+def _zero_workers(tmp: Path, data) -> list[str]:
+    spec = study_spec(tmp / "s.toml", data)
+    return ["run", str(spec), "--out", str(tmp / "o"), "--workers", "0"]
+
+
 def _report_not_a_study(tmp: Path, data) -> list[str]:
     (tmp / "o").mkdir()
     return ["report", str(tmp / "o")]
@@ -197,6 +202,7 @@ CASES: list[tuple[str, Callable[[Path, object], list[str]], str]] = [
                             r"\[scales\.NAME\] block"),
     ("run", _bad_executor,
      r"--executor = 'spark' is not an executor; allowed: \['local', 'ray', 'slurm'\]"),
+    ("run", _zero_workers, r"--workers = 0: allowed: an integer >= 1"),
     ("report", _report_not_a_study, r"not a forgetlab experiment directory"),
     ("show", _show_missing, r"'.*o' holds no run\.json"),
     ("inspect", _inspect_missing_checkpoint, r"'.*o' is neither a preset \(allowed: "),

@@ -57,7 +57,7 @@ def run(
     ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
     scale: Annotated[str | None, typer.Option(help="study specs: the \\[scales.NAME] block to use")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="study specs: runs in parallel")] = 1,
+    workers: Annotated[int, typer.Option(help="study specs: runs in parallel (>= 1)")] = 1,
     executor: Annotated[str, typer.Option(help="study specs: local | ray | slurm")] = "local",
     address: Annotated[
         str | None,
