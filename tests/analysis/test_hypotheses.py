@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -90,3 +91,27 @@ def test_oelm_hypotheses_get_verdicts_with_evidence():
     assert v["H3"].support == pytest.approx(1.0)
     assert v["H5"].verdict == "undetermined" and "not allowed" in v["H5"].note
     assert v["H6"].verdict == "undetermined" and "missing value" in v["H6"].note
+
+
+def test_a_verdict_without_a_test_says_why_beside_it():
+    """One run per group, or a criterion with no p / interval term: judged on means alone."""
+    one_run = frame().drop_duplicates("group")
+    term = SimpleNamespace(term="T", estimate=-0.5, ci=(-0.8, -0.2), p_corrected=0.01)
+    hyps = [
+        {"id": "means", "statement": "B better", "criterion": "ppl.B < ppl.A"},
+        {"id": "tested", "statement": "T helps", "criterion": "effect.T < 0 and p.T < 0.05"},
+        {"id": "interval", "statement": "T helps", "criterion": "effect_hi.T < 0"},
+    ]
+    cols = ["loss.final_mean"]
+    single = {x.id: x for x in judge(hyps, one_run, cols, [term])}
+    assert single["means"].verdict == "pass" and single["means"].untested == "1 run per group"
+    assert single["means"].label == "pass, untested: 1 run per group"
+    assert single["means"].to_dict()["untested"] == "1 run per group"
+    replicated = {x.id: x for x in judge(hyps, frame(), cols, [term])}
+    assert replicated["means"].untested == "criterion has no test"
+    assert replicated["means"].label == "pass, untested: criterion has no test"
+    for key in ("tested", "interval"):
+        assert replicated[key].verdict == "pass" and replicated[key].untested is None
+        assert replicated[key].label == "pass"
+    undetermined = judge([{"id": "H", "criterion": "bpb.A < 1"}], one_run, cols)[0]
+    assert undetermined.verdict == "undetermined" and undetermined.untested is None

@@ -90,6 +90,20 @@ def test_markdown_record_has_experiment_record_sections_and_failed_run(synthetic
     assert "](plots/effects.png)" in md
 
 
+def test_at_a_glance_marks_verdicts_without_a_test_and_leaves_tested_ones_plain(synthetic_report):
+    """Replicated runs: a p-term criterion is a plain verdict, a means-only one says it is untested."""
+    a = json.loads(synthetic_report["analysis"].read_text())["budgets"]["same_shape"]
+    untested = {v["id"]: v["untested"] for v in a["hypotheses"]}
+    assert untested == {"H1": "criterion has no test", "H2": None, "H3": "criterion has no test"}
+    md = synthetic_report["markdown"].read_text()
+    glance = md.split("## At a glance", 1)[1].split("\n## ", 1)[0]
+    assert "H1: **pass, untested: criterion has no test**:" in glance
+    assert "H2: **pass**: R is the strongest main effect" in glance
+    assert "H3: **fail, untested: criterion has no test**:" in glance
+    html = synthetic_report["html"].read_text()
+    assert "pass, untested: criterion has no test" in html
+
+
 def test_html_is_self_contained(synthetic_report):
     html = synthetic_report["html"].read_text()
     assert html.count("data:image/png;base64,") == len(
@@ -209,8 +223,14 @@ def test_cli_report_on_a_groups_design_with_one_run_per_group(tmp_path):
     an = json.loads((root / "analysis.json").read_text())
     a = an["budgets"]["same_shape"]
     assert [v["verdict"] for v in a["hypotheses"]] == ["pass"]
+    assert a["hypotheses"][0]["untested"] == "1 run per group"
     assert a["conclusions"]["versus_reference"]["untestable"] == ["B", "C"]
-    assert "too few runs" in (root / "report.md").read_text()
+    md = (root / "report.md").read_text()
+    assert "too few runs" in md
+    glance = md.split("## At a glance", 1)[1].split("\n## ", 1)[0]
+    assert "H4: **pass, untested: 1 run per group**: C competitive" in glance
+    assert "**pass**" not in glance
+    assert "pass, untested: 1 run per group" in (root / "report.html").read_text()
     assert '"budgets"' in result.output and "report.html" in result.output
     bad = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert bad.exit_code == 2 and "not a forgetlab experiment directory" in bad.output

@@ -16,6 +16,10 @@ effect on the primary metric, its 95% interval and its corrected p (interaction 
 Verdict: ``pass`` / ``fail`` from the group means; ``undetermined`` when a value it needs is missing.
 ``support`` is the share of bootstrap resamples (runs resampled within each group) in which the
 criterion holds: how fragile the verdict is to run-to-run noise (None when every group has one run).
+``untested`` says why a pass / fail rests on group means alone, with no statistical test behind it:
+``"1 run per group"`` when no group the criterion reads has a second run, ``"criterion has no test"``
+when runs are replicated but the criterion reads no ``p`` / ``effect_lo`` / ``effect_hi`` term. It is
+None for a tested verdict (and for ``undetermined``); the report prints it beside the verdict.
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ ALIASES: dict[str, tuple[str, Callable[[float], float], str]] = {
     alias.name: (column, alias.transform, alias.meaning) for alias, column in aliases()
 }
 EFFECT_FAMILIES = ("effect", "effect_lo", "effect_hi", "p")
+# families whose values come from a statistical test (a corrected p, or a confidence bound)
+TEST_FAMILIES = ("p", "effect_lo", "effect_hi")
+UNTESTED_ONE_RUN = "1 run per group"
+UNTESTED_NO_TEST = "criterion has no test"
 FUNCTIONS: dict[str, Callable[..., float]] = {"abs": abs, "min": min, "max": max}
 BINOPS = {
     ast.Add: operator.add,
@@ -221,9 +229,31 @@ class Verdict:
     evidence: dict[str, float | None] = field(default_factory=dict)
     support: float | None = None
     note: str | None = None
+    untested: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    @property
+    def label(self) -> str:
+        """The verdict as the report shows it, e.g. ``pass, untested: 1 run per group``."""
+        return verdict_label(self.verdict, self.untested)
+
+
+def verdict_label(verdict: str, untested: str | None) -> str:
+    return f"{verdict}, untested: {untested}" if untested else verdict
+
+
+def untested_reason(expr: str, frame: pd.DataFrame) -> str | None:
+    """Why a criterion's verdict has no statistical test behind it (None when it has one)."""
+    pairs = referenced(expr)
+    if any(family in TEST_FAMILIES for family, _ in pairs):
+        return None
+    sizes = {identifier(g): int(n) for g, n in frame["group"].astype(str).value_counts().items()}
+    read = [sizes[member] for _, member in pairs if member in sizes] or list(sizes.values())
+    if all(n < 2 for n in read):
+        return UNTESTED_ONE_RUN
+    return UNTESTED_NO_TEST
 
 
 def _bootstrap_support(
@@ -272,6 +302,7 @@ def judge(
         try:
             v.evidence = {f"{a}.{b}": ns.get(a, {}).get(b) for a, b in referenced(expr) if a in ns}
             v.verdict = "pass" if evaluate(expr, ns) else "fail"
+            v.untested = untested_reason(expr, frame)
             v.support = _bootstrap_support(expr, frame, columns, extra, rng, n_boot)
         except Missing as e:
             v.note = f"missing value: {e}"

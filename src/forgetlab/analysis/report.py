@@ -20,7 +20,7 @@ from forgetlab.analysis import plots
 from forgetlab.analysis.analyse import analyse, jsonable
 from forgetlab.analysis.columns import PHASES
 from forgetlab.analysis.doc import Doc
-from forgetlab.analysis.hypotheses import ALIASES
+from forgetlab.analysis.hypotheses import ALIASES, verdict_label
 from forgetlab.analysis.load import Experiment, load_experiment
 from forgetlab.analysis.registry import REPORTED, SECONDARY
 from forgetlab.atomic import atomic_write_json, atomic_write_text
@@ -92,7 +92,9 @@ def section_glance(doc: Doc, an: dict[str, Any]) -> None:
     for budget, a in an["budgets"].items():
         where = f" [{budget}]" if len(an["budgets"]) > 1 else ""
         lines += [
-            f"{v['id']}{where}: **{v['verdict']}**: {v['statement']}" for v in a["hypotheses"]
+            f"{v['id']}{where}: **{verdict_label(v['verdict'], v.get('untested'))}**: "
+            f"{v['statement']}"
+            for v in a["hypotheses"]
         ]
         ms = a["conclusions"].get("minimal_set") or {}
         if "on" in ms:
@@ -464,7 +466,7 @@ def section_verdicts(doc: Doc, a: dict[str, Any]) -> None:
                 [
                     v["id"],
                     f"`{v['criterion']}`",
-                    v["verdict"],
+                    verdict_label(v["verdict"], v.get("untested")),
                     "; ".join(f"{k} = {fmt(x)}" for k, x in v["evidence"].items()),
                     "n/a" if v["support"] is None else f"{100 * v['support']:.0f}%",
                     v["note"] or "",
