@@ -30,6 +30,14 @@ def test_info_table_and_sample_show_real_text(fixture_data):
     assert sample.exit_code == 0 and "A: " in sample.output
 
 
+def test_sample_without_a_tokenizer_reads_the_one_the_domain_is_prepared_with(fixture_data):
+    """The fixture cache holds only bpe-512 shards: asking for gpt2 (the old default) would fail."""
+    sample = runner.invoke(app, ["sample", "dialogue", "-n", "1",
+                                 "--cache-dir", fixture_data.cache_dir])
+    assert sample.exit_code == 0, sample.output
+    assert "A: " in sample.output
+
+
 def test_errors_are_one_line_with_exit_code_2(fixture_data, tmp_path):
     result = runner.invoke(app, ["sample", "legal", "--tokenizer", "gpt2", "--cache-dir",
                                  str(tmp_path)])

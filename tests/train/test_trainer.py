@@ -255,3 +255,12 @@ def test_a_mechanisms_batch_making_is_timed_as_mechanisms_not_data(fixture_data,
     assert len(calls) == 2  # one micro-batch per step
     for i in calls:
         assert events[i - 1] == "data" and events[i + 1] == "mechanisms"
+
+
+def test_a_redirected_progress_bar_writes_no_carriage_return_frames(fixture_data, tmp_path, capfd):
+    """With progress on and stderr not a terminal (a log file, CI), tqdm draws nothing: a log
+    must hold lines, not carriage-return animation frames."""
+    cfg = micro_config(fixture_data, domains=1, steps_per_stage=2, warmup_steps=1)
+    Trainer(cfg, tmp_path / "run", progress=True).run()
+    err = capfd.readouterr().err
+    assert "\r" not in err and "stage 1/1" not in err

@@ -16,6 +16,7 @@ from rich.table import Table
 from forgetlab.cli.errors import user_errors
 from forgetlab.config import ConfigError, SourceConfig, format_validation_error
 from forgetlab.data import BUILTIN_DOMAINS, DataError, data_root, open_stream, prepare
+from forgetlab.data.paths import prepared_tokenizers
 from forgetlab.data.pipeline import iter_manifests
 
 app = typer.Typer(help="Domain corpora and token shards, built offline from pinned packages.",
@@ -137,7 +138,9 @@ def info_cmd(
 @user_errors()
 def sample_cmd(
     domain: Annotated[str, typer.Argument(help="a prepared domain")],
-    tokenizer: Annotated[str, typer.Option(help="tokenizer of the shards")] = "gpt2",
+    tokenizer: Annotated[
+        str | None, typer.Option(help="tokenizer of the shards; default: the one it is prepared with")
+    ] = None,
     n: Annotated[int, typer.Option("-n", help="how many snippets")] = 3,
     chars: Annotated[int, typer.Option(help="characters per snippet")] = 400,
     split: Annotated[str, typer.Option(help="train or val")] = "train",
@@ -145,13 +148,20 @@ def sample_cmd(
     cache_dir: CacheOpt = None,
 ) -> None:
     """Decode a few documents from a shard, to see exactly what the model will read."""
-    stream = open_stream([domain], tokenizer, cache_dir)
+    stream = open_stream([domain], tokenizer or sample_tokenizer(domain, cache_dir), cache_dir)
     tokens = getattr(stream[domain], split)
     if len(tokens) == 0 and split == "train":  # an evaluation-only domain has only val
         split, tokens = "val", stream[domain].val
     for i, text in enumerate(sample_documents(tokens, stream.tokenizer, n, chars, seed)):
         console.rule(f"{domain} / {split} / sample {i + 1}")
         console.print(text, markup=False, highlight=False)
+
+
+def sample_tokenizer(domain: str, cache_dir: str | None) -> str:
+    """The tokenizer ``domain`` is prepared with: gpt2 if it is among them (or none is), else the
+    first prepared one, so ``data sample DOMAIN`` works after ``make data`` (bpe-2k only)."""
+    prepared = prepared_tokenizers(data_root(cache_dir), domain)
+    return "gpt2" if not prepared or "gpt2" in prepared else prepared[0]
 
 
 def sample_documents(tokens: np.ndarray, tokenizer, n: int, chars: int, seed: int) -> list[str]:

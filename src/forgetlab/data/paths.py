@@ -44,3 +44,11 @@ def tokenizer_dir(root: Path, name: str) -> Path:
 def shard_dir(root: Path, tokenizer: str, domain: str) -> Path:
     """Token shards of one domain under one tokenizer."""
     return root / "shards" / tokenizer / domain
+
+
+def prepared_tokenizers(root: Path, domain: str) -> list[str]:
+    """The tokenizers under which ``domain`` has shards (a manifest) in this cache, sorted."""
+    base = root / "shards"
+    if not base.is_dir():
+        return []
+    return sorted(d.name for d in base.iterdir() if (d / domain / "manifest.json").is_file())

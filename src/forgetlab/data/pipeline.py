@@ -247,7 +247,7 @@ def run_tasks(fn: Callable[..., Any], tasks: list[tuple], workers: int, progress
     if not tasks:
         return []
     n = min(len(tasks), workers)
-    bar = tqdm(total=len(tasks), desc=desc, unit="task", disable=not progress)
+    bar = tqdm(total=len(tasks), desc=desc, unit="task", disable=None if progress else True)  # None: only on a terminal
     try:
         if n <= 1:
             results = []

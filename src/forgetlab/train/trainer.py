@@ -643,7 +643,9 @@ class Trainer:
             total=cfg.steps_per_stage,
             initial=start_step,
             desc=f"stage {stage + 1}/{n_stages} {name}",
-            disable=not (self.progress and self.dist.is_main),
+            # None: tqdm draws only on a terminal, so a redirected log gets the logged lines, not
+            # carriage-return frames
+            disable=None if self.progress and self.dist.is_main else True,
             leave=True,
             dynamic_ncols=True,
         )
