@@ -10,9 +10,9 @@ from typing import Annotated
 import numpy as np
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 
+from forgetlab.cli.console import make_console
 from forgetlab.cli.errors import user_errors
 from forgetlab.config import ConfigError, SourceConfig, format_validation_error
 from forgetlab.data import BUILTIN_DOMAINS, DataError, data_root, open_stream, prepare
@@ -21,7 +21,7 @@ from forgetlab.data.pipeline import iter_manifests
 
 app = typer.Typer(help="Domain corpora and token shards, built offline from pinned packages.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-console = Console()
+console = make_console()
 
 CacheOpt = Annotated[str | None, typer.Option("--cache-dir", help="default: $FORGETLAB_DATA "
                                               "or ~/.cache/forgetlab")]

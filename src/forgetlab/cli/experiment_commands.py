@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from forgetlab.cli.console import amount, make_console
 from forgetlab.cli.errors import user_errors
 from forgetlab.config import ConfigError, load_toml
 
-console = Console()
+console = make_console()
 
 
 def run_experiment_cli(
@@ -91,7 +91,7 @@ def print_plan(plan: dict[str, Any]) -> None:
             _fmt(r["train_tokens"]),
             _fmt(r["flops_training"]),
             _fmt(r["flops_6nd"]),
-            f"{r['wall_s']:,.0f} s",
+            f"{amount(r['wall_s'])} s",
         )
     console.print(table)
     t = plan["totals"]
@@ -122,12 +122,12 @@ def print_plan(plan: dict[str, Any]) -> None:
             f"{g['effective_flops'] / 1e12:,.1f}",
             f"{g['utilisation']:.1%}",
             f"{g['price_per_hour']:.2f}",
-            f"{g['seconds_per_run']:,.0f}",
-            f"{g['gpu_hours']:,.2f}",
-            f"{g['cost']:,.2f}",
-            f"{g['seconds_per_run_6nd']:,.0f}",
-            f"{g['gpu_hours_6nd']:,.2f}",
-            f"{g['cost_6nd']:,.2f}",
+            amount(g['seconds_per_run']),
+            amount(g['gpu_hours']),
+            amount(g['cost']),
+            amount(g['seconds_per_run_6nd']),
+            amount(g['gpu_hours_6nd']),
+            amount(g['cost_6nd']),
         )
     console.print(gpus)
     uncalibrated = [g for g, f in plan["flops_by_group"].items() if f.get("source") == "model only"]

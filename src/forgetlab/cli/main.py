@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from forgetlab.cli import data as data_cli
 from forgetlab.cli import experiment_commands, model_commands, report_commands, spec_commands
+from forgetlab.cli.console import make_console
 from forgetlab.cli.errors import user_errors
 
 app = typer.Typer(
@@ -29,7 +29,7 @@ model_commands.register(app)
 report_commands.register(app)
 experiment_commands.register(app)
 spec_commands.register(app)
-console = Console()
+console = make_console()
 
 
 @app.callback()

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from forgetlab.analysis.metrics import KINDS
 from forgetlab.analysis.registry import MATRIX
+from forgetlab.cli.console import make_console
 
 KIND_TITLES = {"loss": "loss (nats/token)", "bpb": "bits per byte", "accuracy": "top-1 accuracy"}
 
@@ -55,7 +56,7 @@ def metrics_table(record: dict[str, Any]) -> Table:
 
 
 def print_run_summary(record: dict[str, Any], console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or make_console()
     for kind in ("loss", "accuracy"):
         console.print(r_matrix_table(record, kind))
     if record.get("metrics"):

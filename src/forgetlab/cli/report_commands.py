@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from forgetlab.cli.console import make_console
 from forgetlab.cli.errors import user_errors
 
-console = Console(stderr=True)
+console = make_console(stderr=True)
 
 
 @user_errors()
