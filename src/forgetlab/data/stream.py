@@ -92,7 +92,7 @@ def open_stream(domains: list[str], tokenizer: str, cache_dir: str | None = None
     return Stream(tok, data)
 
 
-def _check_length(tokens: np.ndarray, block_size: int) -> int:
+def check_length(tokens: np.ndarray, block_size: int) -> int:
     """Length of ``tokens``, which must hold at least one window of block_size + 1 ids."""
     n = len(tokens)
     if n < block_size + 1:
@@ -101,21 +101,31 @@ def _check_length(tokens: np.ndarray, block_size: int) -> int:
     return n
 
 
+def gather_windows(tokens: np.ndarray, starts: np.ndarray, block_size: int) -> np.ndarray:
+    """Windows of block_size + 1 ids at ``starts``, shape (len(starts), block_size + 1), int64."""
+    idx = starts[:, None] + np.arange(block_size + 1)[None, :]
+    return np.asarray(tokens[idx]).astype(np.int64)
+
+
+def split_xy(windows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows of block_size + 1 ids as inputs and next-token targets."""
+    import torch
+
+    t = torch.from_numpy(windows)
+    return t[:, :-1].contiguous(), t[:, 1:].contiguous()
+
+
 def _to_xy(tokens: np.ndarray, starts: np.ndarray, block_size: int
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gather windows of block_size + 1 ids at ``starts`` and split them into inputs and targets."""
-    import torch
-
-    idx = starts[:, None] + np.arange(block_size + 1)[None, :]
-    windows = torch.from_numpy(np.asarray(tokens[idx]).astype(np.int64))
-    return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+    return split_xy(gather_windows(tokens, starts, block_size))
 
 
 def sample_windows(tokens: np.ndarray, rng: np.random.Generator, batch_size: int,
                    block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A training batch: ``batch_size`` windows at uniform random offsets drawn from ``rng``;
     ``y`` is ``x`` shifted by one token."""
-    n = _check_length(tokens, block_size)
+    n = check_length(tokens, block_size)
     starts = rng.integers(0, n - block_size, size=batch_size)
     return _to_xy(tokens, starts, block_size)
 
@@ -127,6 +137,6 @@ def fixed_windows(tokens: np.ndarray, n_windows: int, block_size: int
     Windows do not overlap when the split is long enough; on a shorter split they overlap rather
     than repeat the same text less evenly.
     """
-    n = _check_length(tokens, block_size)
+    n = check_length(tokens, block_size)
     starts = np.linspace(0, n - block_size - 1, num=n_windows).round().astype(np.int64)
     return _to_xy(tokens, starts, block_size)
