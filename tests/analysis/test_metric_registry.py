@@ -16,6 +16,7 @@ from forgetlab.analysis.registry import (
     is_column,
     lower_is_better,
     metric_of,
+    probe_metrics,
     readme_with_table,
 )
 
@@ -77,6 +78,11 @@ def test_every_entry_has_a_unique_name_and_a_stated_direction_unit_and_definitio
         ("LOSS.ACC", False),
         ("accuracy.speed", False),
         ("wall", False),  # an alias, not a column
+        ("loss.probe_forgetting", True),  # the mean over a run's probes
+        ("accuracy.probe_forgetting@books", True),  # one probe's
+        ("loss.retention@books", False),  # a lag is a number
+        ("loss.probe_forgetting@", False),
+        ("grad.probe_forgetting", False),
     ],
 )
 def test_spec_metric_names_are_looked_up_in_the_registry(name, ok):
@@ -105,7 +111,7 @@ def test_direction_comes_from_the_entry():
 def test_hypothesis_aliases_are_the_registry_aliases():
     assert set(ALIASES) == {
         "ppl", "loss", "bpb", "acc", "af", "bwt", "fwt", "plasticity", "speed", "mfu", "flops",
-        "wall", "memory", "convergence", "params", "trainable", "frozen",
+        "wall", "memory", "convergence", "params", "trainable", "frozen", "probe_forgetting",
     }  # fmt: skip
     assert ALIASES["ppl"][:2] == ("loss.final_mean", math.exp)
     assert ALIASES["af"][0] == "loss.average_forgetting" and ALIASES["speed"][0] == "tokens_per_s"
@@ -158,3 +164,36 @@ def test_a_record_without_target_or_flops_leaves_those_columns_out():
     record["metrics"]["time_to_target"] = [{"steps": 4, "tokens": 400, "train_s": 1.5}] * 2
     assert flatten_record(record)["time_to_target_s"] == 1.5
     assert np.isnan(flatten_record({})["wall_s"])
+
+
+def test_probe_forgetting_is_each_probes_score_drop_from_row_0_to_row_t():
+    # rows: before stage 1, after stage 1, after stage 2; columns: probes books, mmlu
+    loss = [[4.0, 6.0], [4.5, 5.0], [5.0, 6.5]]
+    acc = [[0.30, 0.20], [0.25, 0.22], [0.10, 0.26]]
+    got = probe_metrics(loss, "loss", ["books", "mmlu"])["probe_forgetting"]
+    assert got["per_probe"] == pytest.approx({"books": 1.0, "mmlu": 0.5})  # 5.0-4.0, 6.5-6.0
+    assert got["mean"] == pytest.approx(0.75)
+    dropped = probe_metrics(acc, "accuracy", ["books", "mmlu"])["probe_forgetting"]
+    assert dropped["per_probe"] == pytest.approx({"books": 0.20, "mmlu": -0.06})  # gained: < 0
+    assert dropped["mean"] == pytest.approx(0.07)
+    with pytest.raises(ValueError, match="probe matrix"):
+        probe_metrics([[4.0, 6.0]], "loss", ["books", "mmlu"])  # no stage after row 0
+
+
+def test_probe_columns_come_from_the_records_probe_section():
+    names = ["books", "mmlu"]
+    record = {**_record(), "probes": {"domains": names, "metrics": {
+        k: probe_metrics([[4.0, 6.0], [5.0, 6.5]], k, names) for k in ("loss", "accuracy")
+    }}}
+    row = flatten_record(record)
+    assert row["loss.probe_forgetting"] == pytest.approx(0.75)
+    assert row["loss.probe_forgetting@books"] == pytest.approx(1.0)
+    assert row["accuracy.probe_forgetting@mmlu"] == pytest.approx(-0.5)
+    schema = empty_metrics(2, names)
+    assert {c for c in schema if "probe" in c} == {
+        f"{k}.probe_forgetting{at}" for k in ("loss", "bpb", "accuracy")
+        for at in ("", "@books", "@mmlu")
+    }
+    assert not any("probe" in c for c in empty_metrics(2))  # a study without probes: no columns
+    assert all(lower_is_better(c) and is_column(c) for c in schema if "probe" in c)
+    assert ALIASES["probe_forgetting"][0] == "loss.probe_forgetting"

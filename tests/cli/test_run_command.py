@@ -64,6 +64,25 @@ def test_run_prints_r_matrices_and_refuses_to_overwrite(fixture_data, tmp_path):
     assert json.loads(shown.stdout)["R"] == record["R"]
 
 
+def test_show_prints_the_probe_matrices_and_their_forgetting(fixture_data, tmp_path):
+    spec = write_spec(tmp_path / "spec.toml", fixture_data, domains=1, batch_size=4)
+    probe = fixture_data.domains[-1]
+    spec.write_text(
+        spec.read_text()
+        + f'[data.sources.{probe}]\nfiles = ["{FIXTURE_CORPUS / probe / "*.jsonl"}"]\n'
+        + "val_fraction = 0.2\n"
+    )
+    out = tmp_path / "run"
+    res = forgetlab("run", str(spec), "--out", str(out), "--quiet", "--set",
+                    f'data.probes=["{probe}"]')
+    assert res.returncode == 0, res.stderr
+    shown = forgetlab("show", str(out))
+    assert "probes[loss]" in shown.stdout and "probes[accuracy]" in shown.stdout
+    assert "forgetting (last − init)" in shown.stdout and "probe_forgetting (mean)" in shown.stdout
+    as_json = json.loads(forgetlab("show", str(out), "--json").stdout)
+    assert as_json["probes"]["domains"] == [probe] and len(as_json["probes"]["R"]["loss"]) == 2
+
+
 def test_bad_override_fails_before_any_work(fixture_data, tmp_path):
     spec = write_spec(tmp_path / "spec.toml", fixture_data)
     res = forgetlab("run", str(spec), "--out", str(tmp_path / "r"), "--set", "model.n_head=3")

@@ -159,3 +159,38 @@ def test_user_source_needs_exactly_one_origin():
         resolve_run_config({"data": {"sources": {"mine": {}}, "tokenizer": "gpt2"}})
     cfg = resolve_run_config({"data": {"sources": {"mine": {"files": ["a/*.txt"]}}, "tokenizer": "gpt2"}})
     assert cfg.data.sources["mine"].files == ["a/*.txt"]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"probes": ["bookz"]}, r"^data\.probes = \['bookz'\]: \['bookz'\] is no built-in domain "
+         r"and has no \[data\.sources\.NAME\]; built-in domains: code, .*mmlu$"),
+        ({"domains": ["code", "math"], "probes": ["math", "books"]},
+         r"data\.probes = \['math', 'books'\] lists \['math'\], also in data\.domains.*never "
+         r"trained on"),
+        ({"probes": ["books", "books"]}, r"data\.probes = \['books', 'books'\] lists \['books'\] "
+         r"twice"),
+        ({"domains": ["code", "mmlu"]}, r"data\.domains = \['code', 'mmlu'\] lists \['mmlu'\], "
+         r"evaluation-only \(no train split\): list it under data\.probes instead"),
+    ],
+)
+def test_bad_probes_are_refused_in_one_line_naming_them(data, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        resolve_run_config({"model": {"preset": "micro"}, "data": data})
+    assert "\n" not in str(err.value)
+
+
+def test_probes_may_be_built_in_or_user_domains_and_keep_old_run_ids():
+    from forgetlab.train.rundir import config_hash
+
+    cfg = resolve_run_config({
+        "model": {"preset": "micro"},
+        "data": {"probes": ["books", "mmlu", "notes"],
+                 "sources": {"notes": {"files": ["notes/*.txt"]}}},
+    })
+    assert cfg.data.probes == ["books", "mmlu", "notes"]
+    plain = resolve_run_config({"model": {"preset": "micro"}})
+    assert config_hash(plain) == config_hash(resolve_run_config(
+        {"model": {"preset": "micro"}, "data": {"probes": []}}
+    )) != config_hash(cfg)  # no probes: the run id of a config from before probes existed

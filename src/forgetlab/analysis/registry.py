@@ -1,10 +1,11 @@
 """The metric registry: one entry per metric, and everything the lab derives from it.
 
-An entry says what a metric is called, how it is computed (a function of one kind's R matrix, or a
-reader of run.json), which direction is better, its unit, its one-line definition and the short
+An entry says what a metric is called, how it is computed (a function of one kind's R matrix, of
+one kind's probe matrix, or a reader of run.json), which direction is better, its unit, its one-line definition and the short
 names hypothesis criteria use for it. From :data:`METRICS` come:
 
-* the numbers a run records (:func:`cl_metrics`, called by the trainer);
+* the numbers a run records (:func:`cl_metrics` and :func:`probe_metrics`, called by the
+  trainer);
 * the results table's columns (:mod:`forgetlab.analysis.columns`);
 * the names a study spec may use as primary/secondary metric (:func:`is_column`, :func:`allowed`);
 * the hypothesis namespace (:func:`aliases`) and the sign convention of the statistics
@@ -15,7 +16,8 @@ Adding a metric is its function (in :mod:`forgetlab.analysis.metrics` for an R-m
 reader here for a run-level one), one entry below and a test against hand-computed values.
 
 Notation: ``a[i][j]`` is the score on domain ``j`` after stage ``i`` (row 0 = before stage 1),
-*T* domains, score = accuracy or −loss (higher is better); ``L`` is the raw loss matrix.
+*T* domains, score = accuracy or −loss (higher is better); ``L`` is the raw loss matrix. A probe
+matrix has the same rows and one column per ``data.probes`` domain, ``p`` (never trained on).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ class Alias:
 
     name: str
     meaning: str
-    kind: Kind | None = None  # an R-matrix metric's alias names the column of this kind
+    kind: Kind | None = None  # an R-matrix or probe metric's alias names its column of this kind
     transform: Callable[[float], float] = float
 
 
@@ -90,12 +92,34 @@ class MatrixMetric(Metric):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ProbeMetric(Metric):
+    """Computed from one kind's probe matrix (R's rows, one column per ``data.probes`` domain):
+    ``compute(scores, raw, kind)`` gives one value per probe. Columns ``<kind>.<name>``, the mean
+    over the run's probes (what hypotheses and tables compare), and ``<kind>.<name>@<probe>``
+    for each probe; a study without probes has none of them."""
+
+    compute: Callable[[np.ndarray, np.ndarray, Kind], list[float]]
+    kinds: tuple[Kind, ...] = KINDS
+
+    def columns(self, kind: Kind, probes: Sequence[str]) -> list[str]:
+        """The results columns this metric fills for ``kind`` in a run probing ``probes`` (none
+        without probes)."""
+        if kind not in self.kinds or not probes:
+            return []
+        return [f"{kind}.{self.name}", *(f"{kind}.{self.name}@{p}" for p in probes)]
+
+    def pattern(self) -> str:
+        kinds = self.kinds[0] if len(self.kinds) == 1 else f"<{'|'.join(self.kinds)}>"
+        return f"{kinds}.{self.name}[@probe]"
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunMetric(Metric):
     """One results column read from a run's run.json (costs, speed, sizes, curve summaries).
     ``read`` returns NaN for a value the run lacks, None to leave the column out of a row rebuilt
     from a record that has no such section at all (e.g. no ``time_to_target`` without a target).
-    Any per-run number that is not a function of one R matrix (a probe's forgetting, a gap to
-    joint training) is a run metric over the run.json section its code writes."""
+    Any per-run number that is not a function of one R or probe matrix (a gap to joint
+    training) is a run metric over the run.json section its code writes."""
 
     read: Callable[[dict[str, Any]], float | None]
 
@@ -164,7 +188,7 @@ def _of_loss(name: str, meaning: str) -> Alias:
     return Alias(name, meaning, kind="loss")
 
 
-METRICS: tuple[MatrixMetric | RunMetric, ...] = (
+METRICS: tuple[MatrixMetric | ProbeMetric | RunMetric, ...] = (
     MatrixMetric(
         name="ACC",
         compute=lambda a, raw, kind: m.average_accuracy(a),
@@ -239,6 +263,18 @@ METRICS: tuple[MatrixMetric | RunMetric, ...] = (
         unit="ratio",
         definition="Retention@k: mean over j with j+k ≤ T of a[j+k][j] / a[j][j] (loss: "
         "L[j][j] / L[j+k][j]); 1 = fully kept",
+    ),
+    ProbeMetric(
+        name="probe_forgetting",
+        compute=lambda a, raw, kind: m.probe_forgetting(a),
+        better="lower",
+        unit="score",
+        definition="a[0][p] − a[T][p] for each probe p of `data.probes` (loss: L[T][p] − L[0][p], "
+        "the probe's loss after the stream minus before it): general ability the stream cost, "
+        "> 0 = lost; the column is the mean over the probes, `@probe` one probe's",
+        aliases=(
+            _of_loss("probe_forgetting", "mean rise of the probes' loss over the stream"),
+        ),
     ),
     RunMetric(
         name="convergence_mean",
@@ -356,6 +392,7 @@ METRICS: tuple[MatrixMetric | RunMetric, ...] = (
     ),
 )
 MATRIX: tuple[MatrixMetric, ...] = tuple(x for x in METRICS if isinstance(x, MatrixMetric))
+PROBE: tuple[ProbeMetric, ...] = tuple(x for x in METRICS if isinstance(x, ProbeMetric))
 RUN: tuple[RunMetric, ...] = tuple(x for x in METRICS if isinstance(x, RunMetric))
 
 # The study defaults (the lab's main question is forgetting): the primary metric when a spec
@@ -368,6 +405,7 @@ REPORTED = (
     "loss.retention@1",
     "loss.FWT",
     "loss.final_mean",
+    "loss.probe_forgetting",  # in studies with data.probes
     "accuracy.ACC",
     "convergence_mean",
     "flops.training_total",
@@ -388,18 +426,40 @@ def cl_metrics(r: np.ndarray | Sequence[Sequence[float]], kind: Kind) -> dict[st
     return {x.name: x.compute(a, raw, kind) for x in MATRIX if kind in x.kinds}
 
 
-_COLUMN = re.compile(r"^(?P<kind>\w+)\.(?P<name>\w+)(?:@(?P<lag>\d+))?$")
+def probe_metrics(
+    r: np.ndarray | Sequence[Sequence[float]], kind: Kind, probes: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Every probe metric of one kind's probe matrix ``r`` (raw, columns ``probes``), in the
+    run.json layout: ``{name: {"mean": value, "per_probe": {probe: value}}}``."""
+    raw = np.asarray(r, dtype=np.float64)
+    a = m.to_scores(raw, kind)
+    out: dict[str, dict[str, Any]] = {}
+    for x in PROBE:
+        if kind in x.kinds:
+            values = x.compute(a, raw, kind)
+            per_probe = dict(zip(probes, values, strict=True))
+            out[x.name] = {"mean": float(np.mean(values)), "per_probe": per_probe}
+    return out
 
 
-def metric_of(column: str) -> MatrixMetric | RunMetric | None:
+# <kind>.<name>, then @ and a lag k (per_lag) or a probe's domain name (probe metrics)
+_COLUMN = re.compile(r"^(?P<kind>\w+)\.(?P<name>\w+)(?:@(?P<at>.+))?$")
+
+
+def metric_of(column: str) -> MatrixMetric | ProbeMetric | RunMetric | None:
     """The entry behind a results column (``loss.retention@2`` -> retention), None if none is."""
     run = next((x for x in RUN if x.name == column), None)
     match = _COLUMN.match(column)
     if run or not match:
         return run
+    probe = next((x for x in PROBE if x.name == match["name"]), None)
+    if probe:
+        return probe
     entry = next((x for x in MATRIX if x.name == match["name"]), None)
-    lagged = match["lag"] is not None
-    return entry if entry and (entry.shape == "per_lag") == lagged else None
+    at = match["at"]
+    if at is not None and not at.isdigit():
+        return None
+    return entry if entry and (entry.shape == "per_lag") == (at is not None) else None
 
 
 def is_column(name: str) -> bool:
@@ -408,12 +468,14 @@ def is_column(name: str) -> bool:
     if isinstance(entry, RunMetric):
         return True
     match = _COLUMN.match(name)
+    if isinstance(entry, ProbeMetric):
+        return match is not None and match["kind"] in entry.kinds
     return (
         entry is not None
         and match is not None
         and match["kind"] in entry.kinds
         and entry.shape != "per_domain"
-        and (match["lag"] is None or int(match["lag"]) >= 1)
+        and (match["at"] is None or int(match["at"]) >= 1)
     )
 
 
@@ -433,7 +495,7 @@ def aliases() -> Iterator[tuple[Alias, str]]:
     """Every hypothesis alias with the results column it names, in registry order."""
     for x in METRICS:
         for alias in x.aliases:
-            yield alias, (f"{alias.kind}.{x.name}" if isinstance(x, MatrixMetric) else x.name)
+            yield alias, (x.name if isinstance(x, RunMetric) else f"{alias.kind}.{x.name}")
 
 
 # ------------------------------------------------------------------ the README's table
@@ -441,7 +503,7 @@ README_BEGIN = "<!-- metric table: generated from forgetlab.analysis.registry --
 README_END = "<!-- end of metric table -->"
 
 
-def _alias_cell(x: MatrixMetric | RunMetric) -> str:
+def _alias_cell(x: MatrixMetric | ProbeMetric | RunMetric) -> str:
     cells = []
     for alias, column in ((a, c) for a, c in aliases() if a in x.aliases):
         target = f"`{column}`"

@@ -182,7 +182,7 @@ def show(
     if record is None:
         raise ConfigError(f"{str(run_dir)!r} holds no run.json: not a forgetlab run directory")
     if as_json:
-        keys = ("status", "domains", "R", "unigram", "metrics", "flops", "tokens")
+        keys = ("status", "domains", "R", "unigram", "probes", "metrics", "flops", "tokens")
         typer.echo(json.dumps({k: record.get(k) for k in keys}, indent=2))
         return
     console.print(f"{run_dir}: {record['status']}")

@@ -9,23 +9,53 @@ from rich.markup import escape
 from rich.table import Table
 
 from forgetlab.analysis.metrics import KINDS
-from forgetlab.analysis.registry import MATRIX
+from forgetlab.analysis.registry import MATRIX, PROBE
 from forgetlab.cli.console import make_console
 
 KIND_TITLES = {"loss": "loss (nats/token)", "bpb": "bits per byte", "accuracy": "top-1 accuracy"}
 
 
-def r_matrix_table(record: dict[str, Any], kind: str) -> Table:
-    domains = record["domains"]
-    title = escape(f"R[{kind}]: {KIND_TITLES[kind]} (row: after stage, column: domain)")
-    table = Table(title=title)
+def row_labels(record: dict[str, Any]) -> list[str]:
+    """The rows of every score matrix of a run: ``init``, then the stage each row follows."""
+    return ["init", *(f"{i}:{d}" for i, d in enumerate(record["domains"], start=1))]
+
+
+def scores_table(
+    title: str, columns: list[str], rows: list[list[float]], labels: list[str],
+    unigram: list[float | None],
+) -> Table:
+    """One score matrix (rows after each stage) with the unigram baseline as its last row."""
+    table = Table(title=escape(title))
     table.add_column("after", style="bold")
-    for d in domains:
-        table.add_column(d, justify="right")
-    for i, row in enumerate(record["R"][kind]):
-        label = "init" if i == 0 else f"{i}:{domains[i - 1]}"
+    for c in columns:
+        table.add_column(c, justify="right")
+    for label, row in zip(labels, rows, strict=False):
         table.add_row(label, *(f"{v:.3f}" for v in row))
-    table.add_row("unigram", *(f"{v:.3f}" for v in record["unigram"][kind]), style="dim")
+    table.add_row("unigram", *("—" if v is None else f"{v:.3f}" for v in unigram), style="dim")
+    return table
+
+
+def r_matrix_table(record: dict[str, Any], kind: str) -> Table:
+    title = f"R[{kind}]: {KIND_TITLES[kind]} (row: after stage, column: domain)"
+    return scores_table(
+        title, record["domains"], record["R"][kind], row_labels(record), record["unigram"][kind]
+    )
+
+
+def probe_table(record: dict[str, Any], kind: str) -> Table:
+    """The probe matrix of ``kind`` (rows as R's, one column per probe), its unigram baseline
+    (none for a probe without a train split) and, once the stream is done, each probe's
+    forgetting (last row minus first for a loss)."""
+    probes = record["probes"]
+    names = probes["domains"]
+    title = f"probes[{kind}]: {KIND_TITLES[kind]}, never trained on (row: after stage)"
+    table = scores_table(
+        title, names, probes["R"][kind], row_labels(record), probes["unigram"][kind]
+    )
+    forgetting = (probes.get("metrics") or {}).get(kind, {}).get("probe_forgetting")
+    if forgetting:
+        label = "forgetting (init − last)" if kind == "accuracy" else "forgetting (last − init)"
+        table.add_row(label, *(_fmt(forgetting["per_probe"][p]) for p in names), style="bold")
     return table
 
 
@@ -52,6 +82,10 @@ def metrics_table(record: dict[str, Any]) -> Table:
             table.add_row(
                 f"{x.name}@{lag}", *(_fmt(record["metrics"][k][x.name][str(lag)]) for k in kinds)
             )
+    probed = (record.get("probes") or {}).get("metrics") or {}
+    for x in PROBE:  # the mean over the probes; each probe's is in the probe tables
+        if all(x.name in probed.get(k, {}) for k in kinds):
+            table.add_row(f"{x.name} (mean)", *(_fmt(probed[k][x.name]["mean"]) for k in kinds))
     return table
 
 
@@ -59,6 +93,9 @@ def print_run_summary(record: dict[str, Any], console: Console | None = None) ->
     console = console or make_console()
     for kind in ("loss", "accuracy"):
         console.print(r_matrix_table(record, kind))
+    if record.get("probes"):
+        for kind in ("loss", "accuracy"):
+            console.print(probe_table(record, kind))
     if record.get("metrics"):
         console.print(metrics_table(record))
     t = record["timing"]["throughput"]

@@ -104,6 +104,11 @@ def resolve_run_config(raw: dict[str, Any], overrides: list[str] | None = None) 
         cfg = RunConfig.model_validate(merged)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, RunConfig, "invalid config")) from None
+    from forgetlab.data.sources import check_run_domains  # the data layer knows the recipes
+
+    problem = check_run_domains(cfg.data.domains, cfg.data.probes, cfg.data.sources)
+    if problem:
+        raise ConfigError(problem)
     if cfg.data.tokenizer is None:
         raise ConfigError(
             "data.tokenizer is not set and there is no model.preset to take it from: set "

@@ -220,12 +220,24 @@ class DataConfig(_Strict):
     cache_dir: str | None = Field(None, description="None = $FORGETLAB_DATA or ~/.cache/forgetlab")
     val_batches: int = Field(16, ge=1, description="fixed validation batches per domain")
     eval_batch_size: int = Field(64, ge=1, description="sequences per evaluation forward pass")
+    probes: list[str] = Field(
+        default_factory=list,
+        description="domains evaluated with the stream's (before stage 1 and after every stage) "
+        "and never trained on: what the model knew before the stream, e.g. books, mmlu",
+    )
 
     @model_validator(mode="after")
     def _unique_domains(self) -> DataConfig:
-        seen = [d for d in self.domains if self.domains.count(d) > 1]
-        if seen:
-            raise ValueError(f"data.domains = {self.domains} lists {sorted(set(seen))} twice")
+        for key, names in (("domains", self.domains), ("probes", self.probes)):
+            seen = [d for d in names if names.count(d) > 1]
+            if seen:
+                raise ValueError(f"data.{key} = {names} lists {sorted(set(seen))} twice")
+        both = [p for p in self.probes if p in self.domains]
+        if both:
+            raise ValueError(
+                f"data.probes = {self.probes} lists {both}, also in data.domains = "
+                f"{self.domains}: a probe is never trained on, so it cannot be a stream domain"
+            )
         return self
 
 

@@ -14,7 +14,7 @@ from forgetlab.data.mixture import (
     stage_sources,
 )
 from forgetlab.data.paths import data_root
-from forgetlab.data.pipeline import DEFAULT_DOMAINS, prepare
+from forgetlab.data.pipeline import DEFAULT_DOMAINS, prepare, prepare_run
 from forgetlab.data.recipes import BUILTIN_DOMAINS
 from forgetlab.data.stream import DomainData, Stream, fixed_windows, open_stream, sample_windows
 from forgetlab.data.tokenizers import Tokenizer, load_tokenizer
@@ -35,6 +35,7 @@ __all__ = [
     "mixture_weights",
     "open_stream",
     "prepare",
+    "prepare_run",
     "sample_windows",
     "stage_sources",
 ]

@@ -23,7 +23,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from forgetlab import __version__
-from forgetlab.config import STREAM_DOMAINS, SourceConfig
+from forgetlab.config import STREAM_DOMAINS, DataConfig, SourceConfig
 from forgetlab.data.corpus import build_corpus, current_corpus, read_documents
 from forgetlab.data.errors import DataError
 from forgetlab.data.fileio import atomic_write_json, remove_stale_temps, sha256_bytes
@@ -66,6 +66,20 @@ def prepare(domains: list[str] | None = None, tokenizer: str = "gpt2",
         corpora = build_corpora({**wanted, **training}, root, workers, progress)
         tok = ensure_tokenizer(tokenizer, root, training, corpora)
         return build_shards(names, corpora, tok, root, workers, progress)
+
+
+def prepare_run(data: DataConfig, progress: bool = True) -> list[dict]:
+    """Build what a run reads: its stream's domains, then its probes (``data.probes``).
+
+    The probes come second so that a bpe-* tokenizer trained by this call learns from the
+    stream's train splits only, never from a probe's text (a probe is never trained on)."""
+    assert data.tokenizer is not None, "resolve_run_config fills the tokenizer"
+    manifests = prepare(data.domains, data.tokenizer, data.cache_dir, sources=data.sources,
+                        progress=progress)
+    if data.probes:
+        manifests += prepare(data.probes, data.tokenizer, data.cache_dir, sources=data.sources,
+                             progress=progress)
+    return manifests
 
 
 @contextmanager

@@ -91,6 +91,25 @@ def resolve_source(name: str, sources: dict[str, SourceConfig] | None) -> Domain
     )
 
 
+def check_run_domains(domains: list[str], probes: list[str],
+                      sources: dict[str, SourceConfig] | None) -> str | None:
+    """Why a run's ``data.domains`` / ``data.probes`` cannot be prepared, in one line, or None.
+
+    A probe must be a built-in domain or have a source, like any domain (checked here, before any
+    work, since a probe is prepared only with its run); an evaluation-only domain (mmlu: no train
+    split) can only be a probe."""
+    unknown = [p for p in probes if p not in RECIPES and p not in (sources or {})]
+    if unknown:
+        return (f"data.probes = {probes}: {unknown} is no built-in domain and has no "
+                f"[data.sources.NAME]; built-in domains: {', '.join(BUILTIN_DOMAINS)}")
+    eval_only = [d for d in domains
+                 if d in RECIPES and RECIPES[d].eval_only and d not in (sources or {})]
+    if eval_only:
+        return (f"data.domains = {domains} lists {eval_only}, evaluation-only (no train split): "
+                "list it under data.probes instead")
+    return None
+
+
 def recipe_documents(name: str, recipe: Recipe, root: Path) -> Iterator[str]:
     """Fetch the recipe's pinned packages and run its extractor over them."""
     archives = {p.name: Archive(fetch(p, root, name)) for p in recipe.packages}

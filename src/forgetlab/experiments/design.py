@@ -54,6 +54,7 @@ class PlannedRun:
             "order_name": self.order_name,
             "budget": self.budget,
             "steps_per_stage": self.steps_per_stage,
+            "probes": list(self.config.data.probes),  # their results columns exist from the start
             "dir": f"{RUNS_DIR}/{self.run_id}",
         }
 

@@ -75,13 +75,13 @@ def parameters(cfg: RunConfig) -> int:
 
 
 def eval_tokens(cfg: RunConfig) -> int:
-    """Tokens the trainer evaluates: every domain before and after each stage, plus in-stage
-    evaluations of the new domain every ``eval_every`` steps."""
-    n = len(cfg.data.domains)
+    """Tokens the trainer evaluates: every domain and probe before and after each stage, plus
+    in-stage evaluations of the new domain every ``eval_every`` steps."""
+    n, probes = len(cfg.data.domains), len(cfg.data.probes)
     per_domain = cfg.data.val_batches * cfg.train.batch_size * cfg.model.block_size
     steps, every = cfg.train.steps_per_stage, cfg.train.eval_every
     in_stage = (steps - 1) // every if every else 0
-    return (n + 1) * n * per_domain + n * in_stage * per_domain
+    return (n + 1) * (n + probes) * per_domain + n * in_stage * per_domain
 
 
 def eval_flops(cfg: RunConfig) -> float:
@@ -122,6 +122,7 @@ def measure_throughput(cfg: RunConfig, assumed_mfu: float, bench: bool = True) -
 
         one_domain = cfg.model_copy(deep=True)
         one_domain.data.domains = cfg.data.domains[:1]
+        one_domain.data.probes = []  # evaluated only, never in a training step
         one_domain.data.val_batches = 1
         one_domain.train.grad_accum = 1
         try:

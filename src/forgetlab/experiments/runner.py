@@ -37,27 +37,23 @@ log = logging.getLogger("forgetlab.experiments")
 
 
 def ensure_data(configs: list[RunConfig], progress: bool) -> None:
-    """Prepare each distinct (domains, tokenizer, cache) that cannot be opened yet, once, here,
-    before workers start (so they never race to build the same shards)."""
-    from forgetlab.data import DataError, open_stream, prepare
+    """Prepare each distinct (domains, probes, tokenizer, cache) that cannot be opened yet, once,
+    here, before workers start (so they never race to build the same shards)."""
+    from forgetlab.data import DataError, open_stream, prepare_run
 
     seen: set[tuple[Any, ...]] = set()
     for cfg in configs:
-        key = (tuple(sorted(cfg.data.domains)), cfg.data.tokenizer, cfg.data.cache_dir)
+        data = cfg.data
+        key = (tuple(sorted(data.domains)), tuple(sorted(data.probes)), data.tokenizer,
+               data.cache_dir)
         if key in seen:
             continue
         seen.add(key)
-        assert cfg.data.tokenizer is not None
+        assert data.tokenizer is not None
         try:
-            open_stream(cfg.data.domains, cfg.data.tokenizer, cfg.data.cache_dir)
+            open_stream([*data.domains, *data.probes], data.tokenizer, data.cache_dir)
         except DataError:
-            prepare(
-                cfg.data.domains,
-                cfg.data.tokenizer,
-                cfg.data.cache_dir,
-                sources=cfg.data.sources,
-                progress=progress,
-            )
+            prepare_run(data, progress=progress)
 
 
 def matched_steps(spec: ExperimentSpec, store: ExperimentStore) -> dict[str, int] | None:

@@ -161,7 +161,7 @@ class ExperimentStore:
             status=status,
             error=error,
         )
-        row.update(empty_metrics(len(entry["order"])))
+        row.update(empty_metrics(len(entry["order"]), entry.get("probes") or []))
         record = None if status == CORRUPT else self.run_dir(entry["run_id"]).read()
         if record is not None:
             row.update(flatten_record(record))

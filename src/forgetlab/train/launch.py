@@ -19,17 +19,10 @@ def default_run_dir(cfg: RunConfig) -> Path:
 def train_run(cfg: RunConfig, out: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Validate the mechanisms, refuse a finished run directory, prepare the data, train; the
     returned dict is the finished run.json. Every refusal comes before any work."""
-    from forgetlab.data import prepare
+    from forgetlab.data import prepare_run
     from forgetlab.train.trainer import Trainer
 
     # checks each mechanism's knobs and fit to the run, and the run directory, before any work
     trainer = Trainer(cfg, out or default_run_dir(cfg), progress=progress)
-    assert cfg.data.tokenizer is not None, "resolve_run_config fills the tokenizer"
-    prepare(
-        cfg.data.domains,
-        cfg.data.tokenizer,
-        cfg.data.cache_dir,
-        sources=cfg.data.sources,
-        progress=progress,
-    )
+    prepare_run(cfg.data, progress=progress)
     return trainer.run()

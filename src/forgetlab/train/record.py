@@ -2,7 +2,8 @@
 
 The dict stays the contract (analysis reads run.json); :class:`RunRecord` gives the parts people
 use most typed names: the validated :class:`RunConfig`, the domains, the R matrices (also as
-DataFrames) and the metrics, with the whole document in ``raw``.
+DataFrames), the probe matrices of ``data.probes`` and the metrics, with the whole document in
+``raw``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class RunRecord:
     R: dict[str, list[list[float]]]
     metrics: dict[str, Any]
     raw: dict[str, Any] = field(repr=False)
+    probes: list[str] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], path: str | Path | None = None) -> RunRecord:
@@ -50,6 +52,7 @@ class RunRecord:
             R=dict(raw.get("R") or {}),
             metrics=dict(raw.get("metrics") or {}),
             raw=raw,
+            probes=list((raw.get("probes") or {}).get("domains") or []),
         )
 
     @property
@@ -63,5 +66,17 @@ class RunRecord:
         if kind not in R_KINDS:
             raise ConfigError(f"kind = {kind!r}; allowed: {list(R_KINDS)}")
         rows = self.R.get(kind) or []
-        index = ["init", *(f"after {d}" for d in self.domains)][: len(rows)]
-        return pd.DataFrame(rows, index=index, columns=self.domains)
+        return pd.DataFrame(rows, index=self._row_labels(len(rows)), columns=self.domains)
+
+    def probe_matrix(self, kind: str = "loss") -> Any:
+        """The probes' scores of ``kind`` as a DataFrame: R's rows, one column per probe (empty
+        for a run without ``data.probes``)."""
+        import pandas as pd
+
+        if kind not in R_KINDS:
+            raise ConfigError(f"kind = {kind!r}; allowed: {list(R_KINDS)}")
+        rows = ((self.raw.get("probes") or {}).get("R") or {}).get(kind) or []
+        return pd.DataFrame(rows, index=self._row_labels(len(rows)), columns=self.probes)
+
+    def _row_labels(self, n: int) -> list[str]:
+        return ["init", *(f"after {d}" for d in self.domains)][:n]

@@ -51,6 +51,7 @@ from forgetlab.train.env import environment, peak_memory_bytes
 from forgetlab.train.evaluate import EvalSet, evaluate, make_eval_set, unigram_baseline
 from forgetlab.train.failures import DivergenceError, run_failure
 from forgetlab.train.flops import FlopsAccount, peak_flops
+from forgetlab.train.probes import Probes
 from forgetlab.train.rundir import RunDir, config_hash
 from forgetlab.train.schedule import lr_at
 
@@ -180,6 +181,10 @@ class Trainer:
             self.unigram[name] = unigram_baseline(
                 dom.unigram_counts(), es, self.model_cfg.vocab_size
             )
+        # data.probes: opened apart from the stream, which is all the training context holds
+        self.probes = Probes.open(
+            cfg.data, token_bytes, n_windows, block, self.model_cfg.vocab_size, self.device
+        )
 
         per_tok = model_flops_per_token(self.model_cfg, block)
         self.flops = FlopsAccount(per_tok["train"], per_tok["forward"])
@@ -361,17 +366,20 @@ class Trainer:
 
     # --------------------------------------------------------------------------- evaluation
     def _evaluate_all(self, stage_for_accounting: int) -> dict[str, list[float]]:
+        """Every stream domain's scores (returned) and every probe's (its next R row)."""
         t0 = time.perf_counter()
+        n = len(self.eval_sets)
         row: dict[str, list[float]] = {k: [] for k in METRIC_KINDS}
-        for j, es in enumerate(self.eval_sets):
-            with _scoped(self.mechanisms, self.ctx, j):
+        for j, es in enumerate([*self.eval_sets, *self.probes.eval_sets]):
+            with _scoped(self.mechanisms, self.ctx, min(j, n)):  # a probe: as the model stands
                 res = evaluate(self.model, es, self.cfg.data.eval_batch_size, self.autocast)
             for k in METRIC_KINDS:
                 row[k].append(res[k])
             self.flops.add_eval(stage_for_accounting, es.n_tokens)
         self.timer.add(stage_for_accounting, "eval", t0)
-        self._check_evaluation(row, list(self.stream.domains))
-        return row
+        self._check_evaluation(row, [*self.stream.domains, *self.probes.names])
+        self.probes.add_row({k: v[n:] for k, v in row.items()})
+        return {k: v[:n] for k, v in row.items()}
 
     def _evaluate_new_domain(self, stage: int) -> dict[str, float]:
         t0 = time.perf_counter()
@@ -397,6 +405,7 @@ class Trainer:
                 "data": self.data_rng.bit_generator.state,
             },
             "R": self.R,
+            "probes_R": self.probes.R,
             "curves": self.curves,
             "flops": self.flops.stages,
             "timing": self.timer.to_dict(),
@@ -419,6 +428,7 @@ class Trainer:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.data_rng.bit_generator.state = rng["data"]
         self.R = state["R"]
+        self.probes.R = state.get("probes_R", self.probes.R)
         self.curves = state["curves"]
         self.flops.stages = state["flops"]
         self.timer.load(state["timing"])
@@ -484,6 +494,7 @@ class Trainer:
             "tokenizer_sha256": self.stream.tokenizer.sha256,  # checked by runs that init from it
             "R": self.R,
             "unigram": {k: [self.unigram[d][k] for d in domains] for k in METRIC_KINDS},
+            **({"probes": self.probes.record(len(domains))} if self.probes else {}),
             "metrics": metrics,
             "flops": flops,
             "tokens": {
