@@ -47,13 +47,13 @@ def test_together_better_than_the_sum_is_super_additive():
     c = run(frame(reps=3, tr=-0.15))  # extra forgetting drop when T and R are both on
     assert c.significant == ["T", "R"] and c.super_additive == ["T:R"] and not c.sub_additive
     assert c.costly_without_gain == ["W"]
-    assert c.minimal_set["on"] == ["T", "R"]
+    assert c.minimal_set.on == ["T", "R"]
 
 
 def test_redundant_mechanisms_are_sub_additive_and_the_minimal_set_drops_one():
     c = run(frame(reps=3, tr=0.2))  # T and R do the same job: together no better than one
     assert c.sub_additive == ["T:R"]
-    assert len(c.minimal_set["on"]) == 1  # T1 alone or R1 alone is not worse than the best
+    assert len(c.minimal_set.on) == 1  # T1 alone or R1 alone is not worse than the best
     assert any("sub-additive" in s for s in c.statements)
 
 
@@ -63,8 +63,8 @@ def test_too_few_runs_yields_no_significance_and_says_so():
     assert not c.significant and not c.super_additive and not c.costly_without_gain
     assert any("No significance test" in s and "too few runs" in s for s in c.statements)
     ms = minimal_set(df, FACTORS, METRIC, 0.05, "holm")
-    assert "minimal" not in ms and "too few runs" in ms["reason"]
-    assert ms["best"] == {"T": "T1", "W": "W0", "R": "R1"} or ms["best"]["T"] == "T1"
+    assert ms.minimal is None and "too few runs" in ms.reason
+    assert ms.best == {"T": "T1", "W": "W0", "R": "R1"} or ms.best["T"] == "T1"
 
 
 def test_level_means_are_means_of_cell_means_so_unequal_runs_per_cell_do_not_bias_them():

@@ -115,19 +115,17 @@ def test_html_is_self_contained(synthetic_report):
 def test_changed_preregistration_is_flagged(tmp_path):
     exp = load_experiment(write_experiment(tmp_path, seeds=1, prereg_changed=True, fail_one=False))
     status = preregistration_status(exp.meta)
-    assert status["changed"] and status["sha256_now"] == "f" * 64
+    assert status.changed and status.sha256_now == "f" * 64
     doc = Doc("t")
-    section_prereg(doc, {"preregistration": status})
+    section_prereg(doc, status)
     assert "CHANGED after the first run started" in doc.markdown(tmp_path)
     assert 'class="warn"' in doc.html()
     same = Doc("t")
     section_prereg(
         same,
-        {
-            "preregistration": preregistration_status(
-                {**exp.meta, "preregistration_changed": False, "preregistration_sha256_now": None}
-            )
-        },
+        preregistration_status(
+            {**exp.meta, "preregistration_changed": False, "preregistration_sha256_now": None}
+        ),
     )
     assert "CHANGED" not in same.markdown(tmp_path)
 
@@ -139,17 +137,17 @@ def _begin(store, block):
 
 def _prereg_text(meta, tmp_path):
     doc = Doc("t")
-    section_prereg(doc, {"preregistration": preregistration_status(meta)})
+    section_prereg(doc, preregistration_status(meta))
     return doc.markdown(tmp_path)
 
 
 def test_a_preregistration_given_only_from_the_second_invocation_is_reported_as_added(tmp_path):
     store = ExperimentStore(tmp_path / "exp")
     _begin(store, None)
-    assert preregistration_status(store.read())["status"] == "absent"
+    assert preregistration_status(store.read()).status == "absent"
     _begin(store, PREREG)
     status = preregistration_status(store.read())
-    assert status["status"] == "added" and status["changed"] and status["block"] == PREREG
+    assert status.status == "added" and status.changed and status.block == PREREG
     text = _prereg_text(store.read(), tmp_path)
     assert "ADDED after the first run started" in text and "unchanged" not in text
     # the analysis still tests the added block's hypotheses, reported as exploratory
@@ -163,7 +161,7 @@ def test_a_preregistration_written_into_experiment_json_afterwards_is_reported_a
     doc["preregistration"] = PREREG  # a block added by hand after the first run
     store.write(doc)
     status = preregistration_status(store.read())
-    assert status["status"] == "added" and status["changed"]
+    assert status.status == "added" and status.changed
     text = _prereg_text(store.read(), tmp_path)
     assert "ADDED after the first run started" in text and "unchanged since" not in text
 
@@ -171,11 +169,11 @@ def test_a_preregistration_written_into_experiment_json_afterwards_is_reported_a
 def test_a_registered_block_edited_in_experiment_json_is_reported_as_changed(tmp_path):
     store = ExperimentStore(tmp_path / "exp")
     _begin(store, PREREG)
-    assert preregistration_status(store.read())["status"] == "unchanged"
+    assert preregistration_status(store.read()).status == "unchanged"
     doc = store.read()
     doc["preregistration"] = {**PREREG, "alpha": 0.1}  # edited in place, hash left as it was
     store.write(doc)
-    assert preregistration_status(store.read())["status"] == "changed"
+    assert preregistration_status(store.read()).status == "changed"
     assert "CHANGED after the first run started" in _prereg_text(store.read(), tmp_path)
 
 

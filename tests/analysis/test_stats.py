@@ -70,7 +70,7 @@ def test_group_stats_are_reproducible_and_complete():
     )
     a = group_stats(df, ["m"], seed=3)
     b = group_stats(df, ["m"], seed=3)
-    assert [s.to_dict() for s in a] == [s.to_dict() for s in b]
+    assert a == b
     g, h = a
     assert (g.n, g.mean, g.sd) == (4, 7.0, pytest.approx(np.std([1, 3, 10, 14], ddof=1)))
     assert h.n == 1 and h.sd is None and h.t_ci is None and h.boot_ci is None

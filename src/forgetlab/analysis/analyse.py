@@ -1,12 +1,14 @@
-"""The whole analysis of one experiment as one JSON-able dict: what analysis.json holds.
+"""The whole analysis of one experiment as one typed :class:`Analysis`: what analysis.json holds.
 
-Every number the report shows is in here, so other tools read the analysis without parsing prose.
+Every number the report shows is in here, so other tools read the analysis without parsing prose
+(:func:`forgetlab.analysis.document.load_analysis` reads analysis.json back into these types).
 Each budget (same-shape, matched-FLOPs, ...) is analysed on its own: runs under different budgets
 answer different questions and are never pooled.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -15,6 +17,18 @@ import pandas as pd
 
 from forgetlab.analysis.columns import PHASES
 from forgetlab.analysis.conclusions import conclude
+from forgetlab.analysis.document import (
+    Analysis,
+    BudgetAnalysis,
+    ExperimentInfo,
+    GroupPerformance,
+    GroupRow,
+    NamespaceEntry,
+    Preregistration,
+    RunRow,
+    Settings,
+    plain,
+)
 from forgetlab.analysis.effects import factorial_effects
 from forgetlab.analysis.gains import marginal_gains
 from forgetlab.analysis.hypotheses import ALIASES, judge
@@ -23,7 +37,7 @@ from forgetlab.analysis.registry import DEFAULT_PRIMARY, SECONDARY, lower_is_bet
 from forgetlab.analysis.stats import compare_to_reference, group_stats
 
 
-def preregistration_status(meta: dict[str, Any]) -> dict[str, Any]:
+def preregistration_status(meta: dict[str, Any]) -> Preregistration:
     """The block, its stored hash, and whether it was changed or added after the first run.
 
     ``status``: ``absent`` (never any block), ``unchanged`` (the block hashed when the first run
@@ -45,59 +59,61 @@ def preregistration_status(meta: dict[str, Any]) -> dict[str, Any]:
         status = "changed"
     else:
         status = "unchanged"
-    return {
-        "status": status,
-        "block": block,
-        "sha256": stored,
-        "sha256_now": now,
-        "registered_at": meta.get("preregistered_at"),
-        "changed": status in ("changed", "added"),
-    }
+    return Preregistration(
+        status=status,
+        block=block,
+        sha256=stored,
+        sha256_now=now,
+        registered_at=meta.get("preregistered_at"),
+        changed=status in ("changed", "added"),
+    )
 
 
-def groups_table(exp: Experiment, frame: pd.DataFrame) -> list[dict[str, Any]]:
+def groups_table(exp: Experiment, frame: pd.DataFrame) -> list[GroupRow]:
     """Each group's factor levels and its finished runs, seeds and orders."""
-    levels = {r["group"]: r.get("levels") or {} for r in exp.meta.get("runs", [])}
+    levels = {run["group"]: run.get("levels") or {} for run in exp.meta.get("runs", [])}
     out = []
     for group in dict.fromkeys(exp.results["group"].astype(str)):
-        g = frame[frame["group"] == group]
+        runs = frame[frame["group"] == group]
         out.append(
-            {
-                "group": group,
-                "levels": levels.get(group, {}),
-                "n_finished": len(g),
-                "n_planned": int((exp.results["group"] == group).sum()),
-                "seeds": sorted({int(s) for s in g["seed"].dropna()}),
-                "orders": sorted(set(g["order"].astype(str))),
-            }
+            GroupRow(
+                group=group,
+                levels=levels.get(group, {}),
+                n_finished=len(runs),
+                n_planned=int((exp.results["group"] == group).sum()),
+                seeds=sorted({int(seed) for seed in runs["seed"].dropna()}),
+                orders=sorted(set(runs["order"].astype(str))),
+            )
         )
     return out
 
 
-def performance(exp: Experiment, frame: pd.DataFrame) -> list[dict[str, Any]]:
+def performance(exp: Experiment, frame: pd.DataFrame) -> list[GroupPerformance]:
     """Per group: mean seconds per phase, throughput, MFU, peak memory and parameter counts."""
     out = []
-    for group, g in frame.groupby("group", sort=False):
-        recs = [exp.records[r] for r in g["run_id"] if r in exp.records]
+    for group, runs in frame.groupby("group", sort=False):
+        records = [exp.records[run_id] for run_id in runs["run_id"] if run_id in exp.records]
         phases = {
-            p: _mean([((r.get("timing") or {}).get("total") or {}).get(p) for r in recs])
-            for p in PHASES
+            phase: _mean(
+                [((rec.get("timing") or {}).get("total") or {}).get(phase) for rec in records]
+            )
+            for phase in PHASES
         }
         out.append(
-            {
-                "group": str(group),
-                "phase_s": phases,
-                "wall_s": _mean(g.get("wall_s", [])),
-                "tokens_per_s": _mean(g.get("tokens_per_s", [])),
-                "mfu": _mean(g.get("mfu", [])),
-                "peak_rss_bytes": _mean(g.get("peak_rss_bytes", [])),
-                "peak_cuda_bytes": _mean(
-                    [(r.get("peak_memory") or {}).get("cuda_max_allocated") for r in recs]
+            GroupPerformance(
+                group=str(group),
+                phase_s=phases,
+                wall_s=_mean(runs.get("wall_s", [])),
+                tokens_per_s=_mean(runs.get("tokens_per_s", [])),
+                mfu=_mean(runs.get("mfu", [])),
+                peak_rss_bytes=_mean(runs.get("peak_rss_bytes", [])),
+                peak_cuda_bytes=_mean(
+                    [(rec.get("peak_memory") or {}).get("cuda_max_allocated") for rec in records]
                 ),
-                "params_total": _mean(g["params.total"]),
-                "params_trainable": _mean(g["params.trainable"]),
-                "flops_training": _mean(g.get("flops.training_total", [])),
-            }
+                params_total=_mean(runs["params.total"]),
+                params_trainable=_mean(runs["params.trainable"]),
+                flops_training=_mean(runs.get("flops.training_total", [])),
+            )
         )
     return out
 
@@ -111,45 +127,38 @@ def _isnan(v: Any) -> bool:
     return isinstance(v, float) and math.isnan(v)
 
 
-def analyse_budget(
-    exp: Experiment, frame: pd.DataFrame, settings: dict[str, Any]
-) -> dict[str, Any]:
+def analyse_budget(exp: Experiment, frame: pd.DataFrame, settings: Settings) -> BudgetAnalysis:
     """Statistics, effects, gains, hypotheses and conclusions of one budget's finished runs."""
-    primary, alpha, correction = settings["primary"], settings["alpha"], settings["correction"]
+    primary, alpha, correction = settings.primary, settings.alpha, settings.correction
     metrics = metric_columns(frame)
     interactions = exp.meta.get("design") != "one_at_a_time"
     fits = {
-        m: factorial_effects(frame, exp.factors, m, correction, alpha, interactions)
-        for m in (primary, *SECONDARY)
-        if m in frame
+        metric: factorial_effects(frame, exp.factors, metric, correction, alpha, interactions)
+        for metric in (primary, *SECONDARY)
+        if metric in frame
     }
-    res = fits.get(primary)
+    primary_fit = fits.get(primary)
     gains = marginal_gains(frame, exp.factors, primary) if primary in frame else {}
     prereg = exp.preregistration or {}
     reference = exp.reference if exp.reference in set(frame["group"]) else None
-    return {
-        "n_finished": len(frame),
-        "groups": groups_table(exp, frame),
-        "group_stats": [s.to_dict() for s in group_stats(frame, metrics, seed=settings["seed"])],
-        "reference_comparison": (
-            [c.to_dict() for c in compare_to_reference(frame, reference, metrics)]
-            if reference
-            else []
+    return BudgetAnalysis(
+        n_finished=len(frame),
+        groups=groups_table(exp, frame),
+        group_stats=group_stats(frame, metrics, seed=settings.seed),
+        reference_comparison=(
+            compare_to_reference(frame, reference, metrics) if reference else []
         ),
-        "factorial": {m: r.to_dict() for m, r in fits.items()},
-        "marginal_gains": {f: [p.to_dict() for p in pts] for f, pts in gains.items()},
-        "hypotheses": [
-            v.to_dict()
-            for v in judge(
-                prereg.get("hypotheses") or [],
-                frame,
-                metrics,
-                res.terms if res else None,
-                seed=settings["seed"],
-            )
-        ],
-        "conclusions": conclude(
-            res if res and res.factors else None,
+        factorial=fits,
+        marginal_gains=gains,
+        hypotheses=judge(
+            prereg.get("hypotheses") or [],
+            frame,
+            metrics,
+            primary_fit.terms if primary_fit else None,
+            seed=settings.seed,
+        ),
+        conclusions=conclude(
+            primary_fit if primary_fit and primary_fit.factors else None,
             frame,
             exp.factors,
             primary,
@@ -157,69 +166,57 @@ def analyse_budget(
             correction,
             gains,
             reference,
-        ).to_dict(),
-        "performance": performance(exp, frame),
-    }
+        ),
+        performance=performance(exp, frame),
+    )
 
 
-def analyse(exp: Experiment, seed: int = 0) -> dict[str, Any]:
-    """The analysis.json document of an experiment (finished runs only; the rest are listed)."""
+def analysis_settings(exp: Experiment, seed: int) -> Settings:
+    """The pre-registered metric, alpha, correction and test (defaults where none is given)."""
     prereg = exp.preregistration or {}
-    settings = {
-        "primary": prereg.get("primary_metric") or DEFAULT_PRIMARY,
-        "alpha": float(prereg.get("alpha", 0.05)),
-        "correction": str(prereg.get("correction") or "holm"),
-        "test": prereg.get("test"),
-        "co_primary": list(prereg.get("co_primary_metrics") or []),
-        "secondary": list(prereg.get("secondary_metrics") or []),
-        "seed": seed,
-    }
+    primary = prereg.get("primary_metric") or DEFAULT_PRIMARY
+    return Settings(
+        primary=primary,
+        alpha=float(prereg.get("alpha", 0.05)),
+        correction=str(prereg.get("correction") or "holm"),
+        test=prereg.get("test"),
+        co_primary=list(prereg.get("co_primary_metrics") or []),
+        secondary=list(prereg.get("secondary_metrics") or []),
+        seed=seed,
+        primary_lower_is_better=lower_is_better(primary),
+    )
+
+
+def analyse(exp: Experiment, seed: int = 0) -> Analysis:
+    """The analysis of an experiment (finished runs only; the rest are listed)."""
+    settings = analysis_settings(exp, seed)
     results = exp.results
     finished = exp.finished()
     status_counts = results["status"].fillna("missing").value_counts().to_dict()
-    return {
-        "experiment": {
-            "name": exp.name,
-            "design": exp.meta.get("design"),
-            "scale": exp.meta.get("scale"),
-            "factors": exp.factors,
-            "reference": exp.reference,
-            "started": exp.meta.get("started"),
-            "finished": exp.meta.get("finished"),
-        },
-        "settings": {**settings, "primary_lower_is_better": lower_is_better(settings["primary"])},
-        "preregistration": preregistration_status(exp.meta),
-        "runs": [
-            {
-                k: _plain(r.get(k))
-                for k in ("run_id", "group", "seed", "order", "budget", "status", "error")
-            }
-            for r in results.to_dict("records")
+    return Analysis(
+        experiment=ExperimentInfo(
+            name=exp.name,
+            design=exp.meta.get("design"),
+            scale=exp.meta.get("scale"),
+            factors=exp.factors,
+            reference=exp.reference,
+            started=exp.meta.get("started"),
+            finished=exp.meta.get("finished"),
+        ),
+        settings=settings,
+        preregistration=preregistration_status(exp.meta),
+        runs=[
+            RunRow(**{f.name: plain(row.get(f.name)) for f in dataclasses.fields(RunRow)})
+            for row in results.to_dict("records")
         ],
-        "status_counts": {str(k): int(v) for k, v in status_counts.items()},
-        "budgets": {
-            str(b): analyse_budget(exp, g.reset_index(drop=True), settings)
-            for b, g in finished.groupby("budget", sort=False)
+        status_counts={str(status): int(n) for status, n in status_counts.items()},
+        budgets={
+            str(budget): analyse_budget(exp, runs.reset_index(drop=True), settings)
+            for budget, runs in finished.groupby("budget", sort=False)
         },
-        "namespace": {a: {"column": c, "meaning": d} for a, (c, _, d) in ALIASES.items()},
-        "finished_status": FINISHED,
-    }
-
-
-def _plain(v: Any) -> Any:
-    """numpy scalars and NaN as JSON values."""
-    if isinstance(v, np.generic):
-        v = v.item()
-    return None if _isnan(v) else v
-
-
-def jsonable(obj: Any) -> Any:
-    """Deep copy with tuples as lists, numpy scalars as Python numbers and NaN/inf as None."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [jsonable(v) for v in obj]
-    obj = _plain(obj)
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
+        namespace={
+            alias: NamespaceEntry(column=column, meaning=meaning)
+            for alias, (column, _, meaning) in ALIASES.items()
+        },
+        finished_status=FINISHED,
+    )

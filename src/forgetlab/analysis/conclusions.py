@@ -21,8 +21,8 @@ Definitions (the report's appendix repeats them):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import pandas as pd
 
@@ -35,6 +35,34 @@ FLOPS = "flops.training_total"
 
 
 @dataclass
+class MinimalSet:
+    """The best factor combination and, when the runs allow the tests, the minimal one.
+
+    Either ``reason`` says why the minimal set is not determined, or ``minimal`` (its levels),
+    ``on`` (its factors at their "on" level), ``minimal_mean``, every combination not significantly
+    worse than the best and each one's corrected p against the best are given.
+    """
+
+    JSON_OMIT_NONE: ClassVar[tuple[str, ...]] = (
+        "reason",
+        "minimal",
+        "on",
+        "minimal_mean",
+        "not_worse_than_best",
+        "p_corrected_vs_best",
+    )
+
+    best: dict[str, str]
+    best_mean: float
+    reason: str | None = None
+    minimal: dict[str, str] | None = None
+    on: list[str] | None = None
+    minimal_mean: float | None = None
+    not_worse_than_best: list[dict[str, str]] | None = None
+    p_corrected_vs_best: dict[str, float] | None = None
+
+
+@dataclass
 class Conclusions:
     """The computed findings: structured for analysis.json, and as sentences for the report."""
 
@@ -43,14 +71,11 @@ class Conclusions:
     super_additive: list[str] = field(default_factory=list)
     sub_additive: list[str] = field(default_factory=list)
     largest: str | None = None
-    minimal_set: dict[str, Any] | None = None
+    minimal_set: MinimalSet | None = None
     costly_without_gain: list[str] = field(default_factory=list)
     diminishing: list[str] = field(default_factory=list)
     versus_reference: dict[str, list[str]] = field(default_factory=dict)
     statements: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 def _benefit(x: float, metric: str) -> float:
@@ -97,14 +122,14 @@ def effect_findings(res: FactorialResult, out: Conclusions) -> None:
         top = max(mains, key=lambda t: abs(t.estimate or 0.0))
         out.largest = top.term
         out.statements.append(f"Largest significant main effect on {m}: {top.term}.")
-    if res.block and res.block.get("p") is not None:
-        word = "matters" if res.block["p"] < res.alpha else "shows no significant effect"
-        out.statements.append(f"Domain order (block) {word} (p = {_fmt(res.block['p'])}).")
+    if res.block and res.block.p is not None:
+        word = "matters" if res.block.p < res.alpha else "shows no significant effect"
+        out.statements.append(f"Domain order (block) {word} (p = {_fmt(res.block.p)}).")
 
 
 def minimal_set(
     frame: pd.DataFrame, factors: dict[str, list[str]], metric: str, alpha: float, correction: str
-) -> dict[str, Any] | None:
+) -> MinimalSet | None:
     """The minimal mechanism set (module docstring); None without two-level factors."""
     if not factors or frame.empty:
         return None
@@ -123,10 +148,10 @@ def minimal_set(
     means = {k: _benefit(float(v.mean()), metric) for k, v in cells.items()}
     best = max(means, key=lambda k: means[k])
     others = [k for k in cells if k != best]
-    out: dict[str, Any] = {"best": _levels(best, factors), "best_mean": float(cells[best].mean())}
+    out = MinimalSet(best=_levels(best, factors), best_mean=float(cells[best].mean()))
     tests = {k: welch(cells[k], cells[best]) for k in others}
     if any(p is None for _, _, p in tests.values()):
-        out["reason"] = (
+        out.reason = (
             "too few runs for a test (a combination has fewer than two finished runs or no variance)"
         )
         return out
@@ -138,17 +163,13 @@ def minimal_set(
         return [f for f, level in zip(factors, k, strict=True) if level == factors[f][1]]
 
     chosen = min(ok, key=lambda k: (len(on(k)), -means[k], flops.get(k, 0.0)))
-    out.update(
-        {
-            "minimal": _levels(chosen, factors),
-            "on": on(chosen),
-            "minimal_mean": float(cells[chosen].mean()),
-            "not_worse_than_best": [_levels(k, factors) for k in ok],
-            "p_corrected_vs_best": {
-                "/".join(k): float(p) for k, p in zip(others, corrected, strict=True)
-            },
-        }
-    )
+    out.minimal = _levels(chosen, factors)
+    out.on = on(chosen)
+    out.minimal_mean = float(cells[chosen].mean())
+    out.not_worse_than_best = [_levels(k, factors) for k in ok]
+    out.p_corrected_vs_best = {
+        "/".join(k): float(p) for k, p in zip(others, corrected, strict=True)
+    }
     return out
 
 
@@ -192,18 +213,18 @@ def conclude(
     if res is not None and res.factors:
         effect_findings(res, out)
         out.minimal_set = minimal_set(frame, two, metric, alpha, correction)
-        ms = out.minimal_set
-        if ms and "minimal" in ms:
-            on = ", ".join(ms["on"]) or "none (the all-off combination)"
+        found = out.minimal_set
+        if found and found.minimal is not None:
+            on = ", ".join(found.on or []) or "none (the all-off combination)"
             out.statements.append(
-                f"Minimal mechanism set: {on} (mean {metric} {_fmt(ms['minimal_mean'])}, not "
-                f"significantly worse than the best combination {_combo(ms['best'])} at "
-                f"{_fmt(ms['best_mean'])})."
+                f"Minimal mechanism set: {on} (mean {metric} {_fmt(found.minimal_mean)}, not "
+                f"significantly worse than the best combination {_combo(found.best)} at "
+                f"{_fmt(found.best_mean)})."
             )
-        elif ms:
+        elif found:
             out.statements.append(
-                f"Best combination by mean {metric}: {_combo(ms['best'])}; minimal set not "
-                f"determined: {ms['reason']}."
+                f"Best combination by mean {metric}: {_combo(found.best)}; minimal set not "
+                f"determined: {found.reason}."
             )
         out.costly_without_gain = costly_without_gain(res, frame, two, alpha)
         for f in out.costly_without_gain:

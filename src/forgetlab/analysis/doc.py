@@ -12,8 +12,11 @@ from __future__ import annotations
 import base64
 import html
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from forgetlab.analysis.tables import Column, Item, headers, rows
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
@@ -62,9 +65,11 @@ class Doc:
     def code(self, text: str) -> None:
         self.blocks.append(("code", text))
 
-    def table(self, headers: list[str], rows: list[list[object]]) -> None:
-        if rows:
-            self.blocks.append(("table", (headers, rows)))
+    def table(self, columns: Sequence[Column[Item]], items: Iterable[Item]) -> None:
+        """One row per item, one cell per column (nothing when there are no items)."""
+        cells = rows(columns, items)
+        if cells:
+            self.blocks.append(("table", (headers(columns), cells)))
 
     def image(self, path: Path | None, caption: str) -> None:
         if path is not None:
@@ -86,10 +91,10 @@ class Doc:
             elif kind == "code":
                 out += ["```", str(payload), "```", ""]
             elif kind == "table":
-                headers, rows = payload  # type: ignore[misc]
-                out.append("| " + " | ".join(headers) + " |")
-                out.append("|" + "---|" * len(headers))
-                out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+                titles, cells = payload  # type: ignore[misc]
+                out.append("| " + " | ".join(titles) + " |")
+                out.append("|" + "---|" * len(titles))
+                out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in cells]
                 out.append("")
             elif kind == "img":
                 path, caption = payload  # type: ignore[misc]
@@ -116,9 +121,9 @@ class Doc:
             elif kind == "code":
                 body.append(f"<pre>{html.escape(str(payload))}</pre>")
             elif kind == "table":
-                headers, rows = payload  # type: ignore[misc]
-                head = "".join(f"<th>{_inline(h)}</th>" for h in headers)
-                trs = "".join("<tr>" + "".join(_td(c) for c in row) + "</tr>" for row in rows)
+                titles, cells = payload  # type: ignore[misc]
+                head = "".join(f"<th>{_inline(h)}</th>" for h in titles)
+                trs = "".join("<tr>" + "".join(_td(c) for c in row) + "</tr>" for row in cells)
                 body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>")
             elif kind == "img":
                 path, caption = payload  # type: ignore[misc]

@@ -20,7 +20,8 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -71,8 +72,20 @@ class EffectTerm:
 
 
 @dataclass
+class OrderBlock:
+    """The domain order as a block of the factorial model: its F test and partial eta squared."""
+
+    F: float | None
+    p: float | None
+    df: float
+    partial_eta_sq: float | None
+
+
+@dataclass
 class FactorialResult:
     """Every term's effect on one metric, and whether they could be tested."""
+
+    JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("testable",)
 
     metric: str
     factors: list[str]
@@ -83,7 +96,7 @@ class FactorialResult:
     alpha: float
     terms: list[EffectTerm] = field(default_factory=list)
     residual_df: float | None = None
-    block: dict[str, float | None] | None = None
+    block: OrderBlock | None = None
     reason: str | None = None
 
     @property
@@ -92,11 +105,6 @@ class FactorialResult:
 
     def term(self, name: str) -> EffectTerm | None:
         return next((t for t in self.terms if t.term == name), None)
-
-    def to_dict(self) -> dict[str, object]:
-        d = asdict(self)
-        d["testable"] = self.testable
-        return d
 
 
 def two_level_factors(factors: dict[str, list[str]], frame: pd.DataFrame) -> dict[str, list[str]]:
@@ -202,12 +210,12 @@ def factorial_effects(
     if blocked:
         row = table.loc["C(block, Sum)"]
         ss = float(row["sum_sq"])
-        res.block = {
-            "F": _num(row["F"]),
-            "p": _num(row["PR(>F)"]),
-            "df": float(row["df"]),
-            "partial_eta_sq": ss / (ss + ss_resid) if ss + ss_resid > 0 else None,
-        }
+        res.block = OrderBlock(
+            F=_num(row["F"]),
+            p=_num(row["PR(>F)"]),
+            df=float(row["df"]),
+            partial_eta_sq=ss / (ss + ss_resid) if ss + ss_resid > 0 else None,
+        )
     return res
 
 

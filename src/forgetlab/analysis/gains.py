@@ -17,7 +17,7 @@ cells it happens to have more runs in. With equal runs per cell it is the plain 
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -38,9 +38,6 @@ class GainPoint:
     gain: float
     extra_flops: float | None
     marginal_gain_per_flop: float | None
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 def level_mean(frame: pd.DataFrame, factor: str, level: str, column: str) -> float | None:

@@ -29,7 +29,7 @@ import math
 import operator
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -230,9 +230,6 @@ class Verdict:
     support: float | None = None
     note: str | None = None
     untested: str | None = None
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
 
     @property
     def label(self) -> str:

@@ -1,7 +1,8 @@
 """The report's figures: one function per plot, each saved as PNG (embedded in HTML) and SVG.
 
 Figures are built with ``matplotlib.figure.Figure`` (the Agg canvas, no pyplot state): safe in any
-process, never opens a window. Every function takes plain data, writes ``<stem>.png`` and
+process, never opens a window. Every function takes the analysis' typed results (or the
+experiment and its results frame), writes ``<stem>.png`` and
 ``<stem>.svg`` into ``out`` and returns the PNG path, or None when there is nothing to draw.
 """
 
@@ -9,13 +10,19 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from forgetlab.analysis.effects import FactorialResult
+from forgetlab.analysis.gains import GainPoint
 from forgetlab.analysis.load import Experiment
+from forgetlab.analysis.stats import GroupStat
+
+if TYPE_CHECKING:
+    from forgetlab.analysis.document import GroupPerformance
 
 DPI = 100
 
@@ -29,49 +36,46 @@ def _save(fig: Figure, out: Path, stem: str) -> Path:
     return out / f"{stem}.png"
 
 
-def plot_group_metric(
-    stats: list[dict[str, Any]], metric: str, out: Path, stem: str
-) -> Path | None:
+def plot_group_metric(stats: list[GroupStat], metric: str, out: Path, stem: str) -> Path | None:
     """Mean of ``metric`` per group with its 95% t interval (a dot without bar when n = 1)."""
-    rows = [s for s in stats if s["metric"] == metric and s["mean"] is not None]
+    rows = [s for s in stats if s.metric == metric and s.mean is not None]
     if not rows:
         return None
     fig = Figure(figsize=(7, 0.45 * len(rows) + 1.5))
     ax = fig.add_subplot()
     y = np.arange(len(rows))
-    means = [r["mean"] for r in rows]
-    lo = [r["mean"] - r["t_ci"][0] if r["t_ci"] else 0.0 for r in rows]
-    hi = [r["t_ci"][1] - r["mean"] if r["t_ci"] else 0.0 for r in rows]
+    means = [s.mean for s in rows]
+    lo = [s.mean - s.t_ci[0] if s.t_ci else 0.0 for s in rows]  # type: ignore[operator]
+    hi = [s.t_ci[1] - s.mean if s.t_ci else 0.0 for s in rows]  # type: ignore[operator]
     ax.errorbar(means, y, xerr=[lo, hi], fmt="o", capsize=4, color="tab:blue")
-    ax.set_yticks(y, [f"{r['group']} (n={r['n']})" for r in rows])
+    ax.set_yticks(y, [f"{s.group} (n={s.n})" for s in rows])
     ax.invert_yaxis()
     ax.set_xlabel(f"{metric} (mean, 95% t interval)")
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, out, stem)
 
 
-def plot_effects(fit: dict[str, Any], out: Path, stem: str) -> Path | None:
+def plot_effects(fit: FactorialResult, out: Path, stem: str) -> Path | None:
     """Effect decomposition: every main effect and interaction with its 95% interval."""
-    terms = [t for t in fit["terms"] if t["estimate"] is not None]
+    terms = [t for t in fit.terms if t.estimate is not None]
     if not terms:
         return None
     fig = Figure(figsize=(7, 0.45 * len(terms) + 1.6))
     ax = fig.add_subplot()
     y = np.arange(len(terms))
-    alpha = fit["alpha"]
     colors = [
-        "tab:red" if t["p_corrected"] is not None and t["p_corrected"] < alpha else "tab:gray"
+        "tab:red" if t.p_corrected is not None and t.p_corrected < fit.alpha else "tab:gray"
         for t in terms
     ]
-    ax.barh(y, [t["estimate"] for t in terms], color=colors, alpha=0.8)
+    ax.barh(y, [t.estimate for t in terms], color=colors, alpha=0.8)
     for i, t in enumerate(terms):
-        if t["ci"]:
-            ax.plot(t["ci"], [i, i], color="black", lw=1.5)
+        if t.ci:
+            ax.plot(t.ci, [i, i], color="black", lw=1.5)
     ax.axvline(0, color="black", lw=0.8)
-    ax.set_yticks(y, [t["term"] for t in terms])
+    ax.set_yticks(y, [t.term for t in terms])
     ax.invert_yaxis()
-    note = "red: significant after correction" if fit["testable"] else "no test: too few runs"
-    ax.set_xlabel(f"effect on {fit['metric']} (mean(+1) - mean(-1)); {note}")
+    note = "red: significant after correction" if fit.testable else "no test: too few runs"
+    ax.set_xlabel(f"effect on {fit.metric} (mean(+1) - mean(-1)); {note}")
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, out, stem)
 
@@ -164,20 +168,20 @@ def plot_learning_curves(exp: Experiment, frame: pd.DataFrame, out: Path, stem: 
 
 
 def plot_marginal_gains(
-    gains: dict[str, list[dict[str, Any]]], metric: str, out: Path, stem: str
+    gains: dict[str, list[GainPoint]], metric: str, out: Path, stem: str
 ) -> Path | None:
     """Gain in the primary metric (positive = better) against extra training FLOPs, per factor."""
-    curves = {f: p for f, p in gains.items() if all(x["extra_flops"] is not None for x in p)}
+    curves = {f: p for f, p in gains.items() if all(x.extra_flops is not None for x in p)}
     if not curves:
         return None
     fig = Figure(figsize=(7, 4))
     ax = fig.add_subplot()
-    for f, pts in curves.items():
-        ax.plot([p["extra_flops"] for p in pts], [p["gain"] for p in pts], marker="o", label=f)
-        for p in pts:
+    for factor, points in curves.items():
+        ax.plot([p.extra_flops for p in points], [p.gain for p in points], marker="o", label=factor)
+        for p in points:
             ax.annotate(
-                p["level"],
-                (p["extra_flops"], p["gain"]),
+                p.level,
+                (p.extra_flops, p.gain),
                 fontsize=7,
                 xytext=(3, 3),
                 textcoords="offset points",
@@ -190,23 +194,23 @@ def plot_marginal_gains(
     return _save(fig, out, stem)
 
 
-def plot_performance(perf: list[dict[str, Any]], out: Path, stem: str) -> Path | None:
+def plot_performance(perf: list[GroupPerformance], out: Path, stem: str) -> Path | None:
     """Parameters (trainable / frozen), training speed and peak memory per group."""
     if not perf:
         return None
-    groups = [p["group"] for p in perf]
+    groups = [p.group for p in perf]
     x = np.arange(len(groups))
     fig = Figure(figsize=(12, 3.6))
     ax1, ax2, ax3 = (fig.add_subplot(1, 3, i) for i in (1, 2, 3))
-    trainable = np.array([p["params_trainable"] or 0.0 for p in perf]) / 1e6
-    total = np.array([p["params_total"] or 0.0 for p in perf]) / 1e6
+    trainable = np.array([p.params_trainable or 0.0 for p in perf]) / 1e6
+    total = np.array([p.params_total or 0.0 for p in perf]) / 1e6
     ax1.bar(x, trainable, label="trainable")
     ax1.bar(x, total - trainable, bottom=trainable, label="frozen")
     ax1.set_ylabel("parameters (M)")
     ax1.legend(fontsize=8)
-    ax2.bar(x, [p["tokens_per_s"] or 0.0 for p in perf], color="tab:green")
+    ax2.bar(x, [p.tokens_per_s or 0.0 for p in perf], color="tab:green")
     ax2.set_ylabel("training tokens / s")
-    ax3.bar(x, [(p["peak_rss_bytes"] or 0.0) / 2**20 for p in perf], color="tab:purple")
+    ax3.bar(x, [(p.peak_rss_bytes or 0.0) / 2**20 for p in perf], color="tab:purple")
     ax3.set_ylabel("peak RSS (MiB)")
     for ax in (ax1, ax2, ax3):
         ax.set_xticks(x, groups, rotation=45, ha="right", fontsize=8)

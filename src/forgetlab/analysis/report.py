@@ -12,17 +12,37 @@ from __future__ import annotations
 import json
 import shlex
 from datetime import datetime
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from forgetlab.analysis import plots
-from forgetlab.analysis.analyse import analyse, jsonable
+from forgetlab.analysis.analyse import analyse
 from forgetlab.analysis.columns import PHASES
 from forgetlab.analysis.doc import Doc
-from forgetlab.analysis.hypotheses import ALIASES, verdict_label
+from forgetlab.analysis.document import (
+    ANALYSIS_JSON,
+    Analysis,
+    BudgetAnalysis,
+    ExperimentInfo,
+    GroupPerformance,
+    GroupRow,
+    Preregistration,
+    RegisteredHypothesis,
+    RunRow,
+    from_json,
+    to_json,
+)
+from forgetlab.analysis.effects import EffectTerm, FactorialResult
+from forgetlab.analysis.gains import GainPoint
+from forgetlab.analysis.hypotheses import ALIASES, Verdict
 from forgetlab.analysis.load import Experiment, load_experiment
 from forgetlab.analysis.registry import REPORTED, SECONDARY
+from forgetlab.analysis.stats import Comparison, GroupStat
+from forgetlab.analysis.tables import Column, as_is, pair_columns
 from forgetlab.atomic import atomic_write_json, atomic_write_text
 
 ENV_KEYS = (
@@ -52,12 +72,6 @@ def ci(pair: Any) -> str:
     return "n/a (n < 2)" if not pair else f"[{fmt(pair[0])}, {fmt(pair[1])}]"
 
 
-def _stat(a: dict[str, Any], group: str, metric: str) -> dict[str, Any] | None:
-    return next(
-        (s for s in a["group_stats"] if s["group"] == group and s["metric"] == metric), None
-    )
-
-
 def _flatten(d: Any, prefix: str = "") -> dict[str, str]:
     if isinstance(d, dict):
         out: dict[str, str] = {}
@@ -67,38 +81,41 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, str]:
     return {prefix[:-1]: json.dumps(d) if isinstance(d, list) else str(d)}
 
 
-def section_header(doc: Doc, exp: Experiment, an: dict[str, Any]) -> None:
-    e, s = an["experiment"], an["settings"]
-    counts = ", ".join(f"{v} {k}" for k, v in an["status_counts"].items())
+HYPOTHESIS_COLUMNS: list[Column[RegisteredHypothesis]] = [
+    Column("id", lambda h: h.id),
+    Column("statement", lambda h: h.statement),
+    Column("pass criterion", lambda h: f"`{h.criterion}`"),
+]
+
+
+def section_header(doc: Doc, exp: Experiment, analysis: Analysis) -> None:
+    info, settings = analysis.experiment, analysis.settings
+    counts = ", ".join(f"{n} {status}" for status, n in analysis.status_counts.items())
+    better = "lower" if settings.primary_lower_is_better else "higher"
     doc.p(
-        f"Design `{e['design']}`, scale `{e['scale']}`, {len(an['runs'])} runs ({counts}); "
-        f"primary metric `{s['primary']}` ({'lower' if s['primary_lower_is_better'] else 'higher'} "
-        f"is better); reference group `{e['reference']}`. Written {datetime.now().astimezone():%Y-%m-%d %H:%M %Z}."
+        f"Design `{info.design}`, scale `{info.scale}`, {len(analysis.runs)} runs ({counts}); "
+        f"primary metric `{settings.primary}` ({better} "
+        f"is better); reference group `{info.reference}`. Written {datetime.now().astimezone():%Y-%m-%d %H:%M %Z}."
     )
     spec = exp.meta.get("spec") or {}
     doc.h(2, "Goal and hypotheses")
     goal = spec.get("goal") or spec.get("description") or spec.get("question")
     doc.p(str(goal) if goal else "The spec states no goal (`goal` / `description`).")
-    hyps = (an["preregistration"]["block"] or {}).get("hypotheses") or []
-    doc.table(
-        ["id", "statement", "pass criterion"],
-        [[h.get("id"), h.get("statement"), f"`{h.get('criterion')}`"] for h in hyps],
-    )
+    doc.table(HYPOTHESIS_COLUMNS, analysis.preregistration.hypotheses)
 
 
-def section_glance(doc: Doc, an: dict[str, Any]) -> None:
+def section_glance(doc: Doc, analysis: Analysis) -> None:
     """The verdicts first (details and evidence follow in each budget's section)."""
     lines = []
-    for budget, a in an["budgets"].items():
-        where = f" [{budget}]" if len(an["budgets"]) > 1 else ""
+    for budget, result in analysis.budgets.items():
+        where = f" [{budget}]" if len(analysis.budgets) > 1 else ""
         lines += [
-            f"{v['id']}{where}: **{verdict_label(v['verdict'], v.get('untested'))}**: "
-            f"{v['statement']}"
-            for v in a["hypotheses"]
+            f"{verdict.id}{where}: **{verdict.label}**: {verdict.statement}"
+            for verdict in result.hypotheses
         ]
-        ms = a["conclusions"].get("minimal_set") or {}
-        if "on" in ms:
-            lines.append(f"Minimal mechanism set{where}: {', '.join(ms['on']) or 'none'}")
+        found = result.conclusions.minimal_set
+        if found and found.on is not None:
+            lines.append(f"Minimal mechanism set{where}: {', '.join(found.on) or 'none'}")
     if lines:
         doc.h(2, "At a glance")
         doc.bullets(lines)
@@ -111,77 +128,77 @@ PREREG_STATUS = {
 }
 
 
-def section_prereg(doc: Doc, an: dict[str, Any]) -> None:
-    pr = an["preregistration"]
+def section_prereg(doc: Doc, prereg: Preregistration) -> None:
     doc.h(2, "Pre-registration")
-    if pr["status"] == "absent":
+    if prereg.status == "absent":
         doc.p("No pre-registration block: every test in this report is exploratory.")
         return
-    if pr["status"] == "added":
+    if prereg.status == "added":
         doc.warn(
             "the pre-registration block was ADDED after the first run started (no block was "
-            f"registered then; its hash now `{pr['sha256_now']}`). It registers nothing: treat "
+            f"registered then; its hash now `{prereg.sha256_now}`). It registers nothing: treat "
             "the tests as exploratory."
         )
-    elif pr["changed"]:
+    elif prereg.changed:
         doc.warn(
             f"the pre-registration block CHANGED after the first run started: hash at registration "
-            f"`{pr['sha256']}`, now `{pr['sha256_now']}`. Treat the tests as exploratory."
+            f"`{prereg.sha256}`, now `{prereg.sha256_now}`. Treat the tests as exploratory."
         )
-    b = pr["block"]
+    block = prereg.block or {}
     doc.table(
-        ["field", "value"],
+        pair_columns("field"),
         [
-            ["primary metric", f"`{b.get('primary_metric')}`"],
-            ["test", b.get("test")],
-            ["alpha", b.get("alpha")],
-            ["correction", b.get("correction")],
-            ["sha256 (at the first run)", f"`{pr['sha256']}`" if pr["sha256"] else "none"],
-            ["registered at", pr["registered_at"]],
-            ["status", PREREG_STATUS[pr["status"]]],
+            ("primary metric", f"`{block.get('primary_metric')}`"),
+            ("test", block.get("test")),
+            ("alpha", block.get("alpha")),
+            ("correction", block.get("correction")),
+            ("sha256 (at the first run)", f"`{prereg.sha256}`" if prereg.sha256 else "none"),
+            ("registered at", prereg.registered_at),
+            ("status", PREREG_STATUS[prereg.status]),
         ],
     )
 
 
-def section_config(doc: Doc, exp: Experiment, an: dict[str, Any]) -> None:
+FACTOR_COLUMNS: list[Column[tuple[str, list[str]]]] = [
+    Column("factor", lambda factor: factor[0]),
+    Column("levels", lambda factor: ", ".join(factor[1])),
+    Column("coding", lambda factor: "-1 / +1" if len(factor[1]) == 2 else "levels"),
+]
+GROUP_COLUMNS: list[Column[GroupRow]] = [
+    Column("group", lambda g: g.group),
+    Column("levels", lambda g: ", ".join(f"{k}={v}" for k, v in g.levels.items()) or "-"),
+    Column("finished / planned", lambda g: f"{g.n_finished} / {g.n_planned}"),
+    Column("seeds", lambda g: g.seeds),
+    Column("orders", lambda g: "; ".join(g.orders)),
+]
+
+
+def section_config(doc: Doc, exp: Experiment, analysis: Analysis) -> None:
     doc.h(2, "Configuration")
-    factors = an["experiment"]["factors"]
-    doc.table(
-        ["factor", "levels", "coding"],
-        [[f, ", ".join(lv), "-1 / +1" if len(lv) == 2 else "levels"] for f, lv in factors.items()],
-    )
-    first = next(iter(an["budgets"].values()), None)
+    doc.table(FACTOR_COLUMNS, analysis.experiment.factors.items())
+    first = next(iter(analysis.budgets.values()), None)
     if first:
-        doc.table(
-            ["group", "levels", "finished / planned", "seeds", "orders"],
-            [
-                [
-                    g["group"],
-                    ", ".join(f"{k}={v}" for k, v in g["levels"].items()) or "-",
-                    f"{g['n_finished']} / {g['n_planned']}",
-                    g["seeds"],
-                    "; ".join(g["orders"]),
-                ]
-                for g in first["groups"]
-            ],
-        )
-    configs = {r: _flatten(rec.get("config") or {}) for r, rec in exp.records.items()}
+        doc.table(GROUP_COLUMNS, first.groups)
+    configs = {run_id: _flatten(rec.get("config") or {}) for run_id, rec in exp.records.items()}
     if not configs:
         return
     keys = sorted(set().union(*configs.values()))
     shared = [k for k in keys if len({c.get(k) for c in configs.values()}) == 1]
     varying = [k for k in keys if k not in shared and not k.endswith(("name", "seed"))]
     doc.h(3, "Shared run configuration")
-    doc.table(["key", "value"], [[k, next(iter(configs.values())).get(k)] for k in shared])
+    any_config = next(iter(configs.values()))
+    doc.table(pair_columns("key"), [(k, any_config.get(k)) for k in shared])
     group_of = dict(zip(exp.results["run_id"], exp.results["group"], strict=True))
     groups = list(dict.fromkeys(group_of[r] for r in configs if r in group_of))
     if varying and groups:
         doc.h(3, "Per-group differences")
-        rows = []
-        for k in varying:
-            vals = [{configs[r].get(k) for r in configs if group_of.get(r) == g} for g in groups]
-            rows.append([k, *[", ".join(sorted(str(x) for x in v)) for v in vals]])
-        doc.table(["key", *groups], rows)
+
+        def values_in(group: str, key: str) -> str:
+            values = {configs[r].get(key) for r in configs if group_of.get(r) == group}
+            return ", ".join(sorted(str(x) for x in values))
+
+        columns = [Column("key", as_is), *[Column(g, partial(values_in, g)) for g in groups]]
+        doc.table(columns, varying)
 
 
 def section_environment(doc: Doc, exp: Experiment) -> None:
@@ -190,14 +207,14 @@ def section_environment(doc: Doc, exp: Experiment) -> None:
         (r.get("env") for r in exp.records.values() if r.get("env")), {}
     )
     git = env.get("git") or {}
-    rows = [[k, env.get(k)] for k in ENV_KEYS if env.get(k) is not None]
-    rows += [["git commit", f"`{git.get('commit')}`"], ["tree dirty", git.get("dirty")]]
+    items = [(k, env.get(k)) for k in ENV_KEYS if env.get(k) is not None]
+    items += [("git commit", f"`{git.get('commit')}`"), ("tree dirty", git.get("dirty"))]
     for pkg in ("scipy", "statsmodels", "pandas", "matplotlib"):
         try:
-            rows.append([f"{pkg} (report)", metadata.version(pkg)])
+            items.append((f"{pkg} (report)", metadata.version(pkg)))
         except metadata.PackageNotFoundError:
             continue
-    doc.table(["item", "value"], rows)
+    doc.table(pair_columns("item"), items)
     if git.get("dirty"):
         doc.warn("the working tree was dirty: the commit alone does not reproduce these runs.")
     doc.h(2, "Command lines")
@@ -205,164 +222,184 @@ def section_environment(doc: Doc, exp: Experiment) -> None:
     doc.code("\n".join(cmds) if cmds else "(no command recorded)")
 
 
-def section_execution(doc: Doc, an: dict[str, Any]) -> None:
-    e = an["experiment"]
+TIME_COLUMNS: list[Column[ExperimentInfo]] = [
+    Column("started", lambda info: info.started),
+    Column("finished", lambda info: info.finished),
+    Column("duration", lambda info: _duration(info)),
+]
+RUN_COLUMNS: list[Column[RunRow]] = [
+    Column("run", lambda run: run.run_id),
+    Column("group", lambda run: run.group),
+    Column("seed", lambda run: run.seed),
+    Column("order", lambda run: run.order),
+    Column("budget", lambda run: run.budget),
+    Column("status", lambda run: run.status),
+    Column("error", lambda run: run.error.splitlines()[0][:120] if run.error else ""),
+]
+
+
+def section_execution(doc: Doc, analysis: Analysis) -> None:
     doc.h(2, "Execution")
-    doc.table(["started", "finished", "duration"], [[e["started"], e["finished"], _duration(e)]])
-    doc.table(
-        ["run", "group", "seed", "order", "budget", "status", "error"],
-        [
-            [
-                r["run_id"],
-                r["group"],
-                r["seed"],
-                r["order"],
-                r["budget"],
-                r["status"],
-                (r["error"] or "").splitlines()[0][:120] if r["error"] else "",
-            ]
-            for r in an["runs"]
-        ],
-    )
-    stopped = [r for r in an["runs"] if r["status"] in ("failed", "corrupt")]
+    doc.table(TIME_COLUMNS, [analysis.experiment])
+    doc.table(RUN_COLUMNS, analysis.runs)
+    stopped = [run for run in analysis.runs if run.status in ("failed", "corrupt")]
     if stopped:
         doc.h(3, "Failed and corrupt runs (left out of every statistic)")
         doc.bullets(
             [
-                f"`{r['run_id']}` ({r['group']}, seed {r['seed']}): **{r['status']}**: "
-                f"{(r['error'] or 'no error recorded').splitlines()[0]}"
-                for r in stopped
+                f"`{run.run_id}` ({run.group}, seed {run.seed}): **{run.status}**: "
+                f"{(run.error or 'no error recorded').splitlines()[0]}"
+                for run in stopped
             ]
         )
 
 
-def _duration(e: dict[str, Any]) -> str:
+def _duration(info: ExperimentInfo) -> str:
     try:
-        d = datetime.fromisoformat(e["finished"]) - datetime.fromisoformat(e["started"])
+        elapsed = datetime.fromisoformat(info.finished) - datetime.fromisoformat(info.started)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return "n/a"
-    return str(d).split(".")[0]
+    return str(elapsed).split(".")[0]
 
 
-def section_results(doc: Doc, a: dict[str, Any], an: dict[str, Any], figs: Path, tag: str) -> None:
-    primary = an["settings"]["primary"]
-    present = {s["metric"] for s in a["group_stats"]}
-    declared = [*an["settings"].get("co_primary", []), *an["settings"].get("secondary", [])]
-    metrics = [m for m in (primary, *declared, *REPORTED) if m in present]
-    metrics = list(dict.fromkeys(metrics))
-    groups = [g["group"] for g in a["groups"] if g["n_finished"]]
+def _mean_sd(stat: GroupStat | None) -> str:
+    return "n/a" if not stat or stat.mean is None else f"{fmt(stat.mean)} ± {fmt(stat.sd)}"
+
+
+def _diff(comparison: Comparison | None) -> str:
+    if not comparison or comparison.diff is None:
+        return "n/a"
+    rel = "" if comparison.rel is None else f" ({100 * comparison.rel:+.1f}%)"
+    return f"{fmt(comparison.diff)}{rel}"
+
+
+INTERVAL_COLUMNS: list[Column[GroupStat]] = [
+    Column("group", lambda s: s.group),
+    Column("n", lambda s: s.n),
+    Column("mean", lambda s: s.mean, fmt),
+    Column("sd", lambda s: s.sd, fmt),
+    Column("95% t CI", lambda s: s.t_ci, ci),
+    Column("95% bootstrap CI", lambda s: s.boot_ci, ci),
+    Column("seed variance", lambda s: s.seed_var, fmt),
+    Column("order variance", lambda s: s.order_var, fmt),
+]
+
+
+def reported_metrics(result: BudgetAnalysis, analysis: Analysis) -> list[str]:
+    """The primary metric, the declared co-primary and secondary ones, then the registry's
+    reported metrics: those the budget's runs have, each once."""
+    settings = analysis.settings
+    present = {stat.metric for stat in result.group_stats}
+    declared = [*settings.co_primary, *settings.secondary]
+    return list(dict.fromkeys(
+        m for m in (settings.primary, *declared, *REPORTED) if m in present
+    ))
+
+
+def section_results(
+    doc: Doc, result: BudgetAnalysis, analysis: Analysis, figs: Path, tag: str
+) -> None:
+    primary = analysis.settings.primary
+    metrics = reported_metrics(result, analysis)
+    groups = result.finished_groups
+
+    def n_runs(group: str) -> int:
+        stat = result.stat(group, primary)
+        return stat.n if stat else 0
+
+    def mean_sd(metric: str, group: str) -> str:
+        return _mean_sd(result.stat(group, metric))
+
+    def difference(metric: str, group: str) -> str:
+        return _diff(result.comparison(group, metric))
+
     doc.h(3, "Metrics per group (mean ± sd over finished runs)")
-    rows = []
-    for g in groups:
-        cells = []
-        for m in metrics:
-            s = _stat(a, g, m)
-            cells.append(
-                "n/a" if not s or s["mean"] is None else f"{fmt(s['mean'])} ± {fmt(s['sd'])}"
-            )
-        rows.append([g, _stat(a, g, primary)["n"] if _stat(a, g, primary) else 0, *cells])
-    doc.table(["group", "n", *[f"`{m}`" for m in metrics]], rows)
-    doc.h(3, f"Primary metric `{primary}`: intervals and stability")
     doc.table(
         [
-            "group",
-            "n",
-            "mean",
-            "sd",
-            "95% t CI",
-            "95% bootstrap CI",
-            "seed variance",
-            "order variance",
+            Column("group", as_is),
+            Column("n", n_runs),
+            *[Column(f"`{m}`", partial(mean_sd, m)) for m in metrics],
         ],
-        [
-            [
-                g,
-                s["n"],
-                fmt(s["mean"]),
-                fmt(s["sd"]),
-                ci(s["t_ci"]),
-                ci(s["boot_ci"]),
-                fmt(s["seed_var"]),
-                fmt(s["order_var"]),
-            ]
-            for g in groups
-            if (s := _stat(a, g, primary))
-        ],
+        groups,
     )
+    doc.h(3, f"Primary metric `{primary}`: intervals and stability")
+    doc.table(INTERVAL_COLUMNS, [s for g in groups if (s := result.stat(g, primary))])
     doc.image(
-        plots.plot_group_metric(a["group_stats"], primary, figs, f"{tag}primary"),
+        plots.plot_group_metric(result.group_stats, primary, figs, f"{tag}primary"),
         f"{primary} per group, 95% t intervals",
     )
-    ref = an["experiment"]["reference"]
-    comps = {(c["group"], c["metric"]): c for c in a["reference_comparison"]}
-    if not comps:
+    if not result.reference_comparison:
         return
-    doc.h(3, f"Against the reference group `{ref}` (difference of means, relative)")
-    rows = []
-    for g in groups:
-        cells = [comps.get((g, m)) for m in metrics]
-        if any(cells):
-            rows.append([g, *[_diff(c) for c in cells]])
-    doc.table(["group", *[f"`{m}`" for m in metrics]], rows)
+    doc.h(
+        3,
+        f"Against the reference group `{analysis.experiment.reference}` "
+        "(difference of means, relative)",
+    )
     doc.table(
-        ["group", f"Δ `{primary}`", "95% Welch CI", "p (Welch, raw)"],
+        [Column("group", as_is), *[Column(f"`{m}`", partial(difference, m)) for m in metrics]],
+        [g for g in groups if any(result.comparison(g, m) for m in metrics)],
+    )
+    doc.table(
         [
-            [g, fmt(c["diff"]), ci(c["ci"]), fmt(c["p"])]
-            for g in groups
-            if (c := comps.get((g, primary)))
+            Column("group", lambda c: c.group),
+            Column(f"Δ `{primary}`", lambda c: c.diff, fmt),
+            Column("95% Welch CI", lambda c: c.ci, ci),
+            Column("p (Welch, raw)", lambda c: c.p, fmt),
         ],
+        [c for g in groups if (c := result.comparison(g, primary))],
     )
 
 
-def _diff(c: dict[str, Any] | None) -> str:
-    if not c or c["diff"] is None:
-        return "n/a"
-    rel = "" if c["rel"] is None else f" ({100 * c['rel']:+.1f}%)"
-    return f"{fmt(c['diff'])}{rel}"
+def term_columns(fit: FactorialResult) -> list[Column[EffectTerm]]:
+    """The factorial terms' table (intervals only where the fit could be tested)."""
+    return [
+        Column("term", lambda t: t.term),
+        Column("effect", lambda t: t.estimate, fmt),
+        Column("95% CI", lambda t: ci(t.ci) if fit.testable else "n/a"),
+        Column("F", lambda t: t.F, fmt),
+        Column("p (raw)", lambda t: t.p, fmt),
+        Column(f"p ({fit.correction})", lambda t: t.p_corrected, fmt),
+        Column("partial η²", lambda t: t.partial_eta_sq, fmt),
+    ]
+
+
+SECONDARY_COLUMNS: list[Column[tuple[str, FactorialResult, EffectTerm]]] = [
+    Column("metric", lambda row: f"`{row[0]}`"),
+    Column("term", lambda row: row[2].term),
+    Column("effect", lambda row: row[2].estimate, fmt),
+    Column("95% CI", lambda row: ci(row[2].ci) if row[1].testable else "n/a"),
+    Column("p (corrected)", lambda row: row[2].p_corrected, fmt),
+]
 
 
 def section_effects(
     doc: Doc,
     exp: Experiment,
-    frame: Any,
-    a: dict[str, Any],
-    an: dict[str, Any],
+    frame: pd.DataFrame,
+    result: BudgetAnalysis,
+    analysis: Analysis,
     figs: Path,
     tag: str,
 ) -> None:
-    primary = an["settings"]["primary"]
-    fit = a["factorial"].get(primary)
-    if not fit or not fit["factors"]:
+    primary = analysis.settings.primary
+    fit = result.factorial.get(primary)
+    if not fit or not fit.factors:
         return
     doc.h(3, f"Factorial effects on `{primary}` (pre-registered test)")
     doc.p(
         "Effect = mean(+1) − mean(−1) = 2 × OLS coefficient under ±1 effect coding; model with all "
-        f"interactions{', order as a block' if fit['blocked'] else ''}; type III ANOVA; "
-        f"p corrected with `{fit['correction']}` across the factorial terms."
+        f"interactions{', order as a block' if fit.blocked else ''}; type III ANOVA; "
+        f"p corrected with `{fit.correction}` across the factorial terms."
     )
-    if not fit["testable"]:
+    if not fit.testable:
         doc.warn(
-            f"no significance test: {fit['reason']}. Estimates only, without intervals or p-values."
+            f"no significance test: {fit.reason}. Estimates only, without intervals or p-values."
         )
-    doc.table(
-        ["term", "effect", "95% CI", "F", "p (raw)", f"p ({fit['correction']})", "partial η²"],
-        [
-            [
-                t["term"],
-                fmt(t["estimate"]),
-                ci(t["ci"]) if fit["testable"] else "n/a",
-                fmt(t["F"]),
-                fmt(t["p"]),
-                fmt(t["p_corrected"]),
-                fmt(t["partial_eta_sq"]),
-            ]
-            for t in fit["terms"]
-        ],
-    )
-    if fit["block"]:
-        b = fit["block"]
+    doc.table(term_columns(fit), fit.terms)
+    if fit.block:
+        block = fit.block
         doc.p(
-            f"Order block: F = {fmt(b['F'])}, p = {fmt(b['p'])}, partial η² = {fmt(b['partial_eta_sq'])}."
+            f"Order block: F = {fmt(block.F)}, p = {fmt(block.p)}, partial η² = {fmt(block.partial_eta_sq)}."
         )
     doc.image(
         plots.plot_effects(fit, figs, f"{tag}effects"),
@@ -372,110 +409,82 @@ def section_effects(
         plots.plot_interactions(frame, exp.factors, primary, figs, f"{tag}interactions"),
         f"Interaction plots of {primary}",
     )
-    rows = []
-    for m in SECONDARY:
-        f = a["factorial"].get(m)
-        for t in (f or {}).get("terms", []):
-            rows.append(
-                [
-                    f"`{m}`",
-                    t["term"],
-                    fmt(t["estimate"]),
-                    ci(t["ci"]) if f["testable"] else "n/a",
-                    fmt(t["p_corrected"]),
-                ]
-            )
-    if rows:
+    secondary = [
+        (metric, fit_m, term)
+        for metric in SECONDARY
+        if (fit_m := result.factorial.get(metric))
+        for term in fit_m.terms
+    ]
+    if secondary:
         doc.h(3, "Secondary metrics (exploratory, corrected within each metric)")
-        doc.table(["metric", "term", "effect", "95% CI", "p (corrected)"], rows)
+        doc.table(SECONDARY_COLUMNS, secondary)
+
+
+GAIN_COLUMNS: list[Column[GainPoint]] = [
+    Column("factor", lambda p: p.factor),
+    Column("level", lambda p: p.level),
+    Column("n", lambda p: p.n),
+    Column("mean", lambda p: p.value, fmt),
+    Column("training FLOPs", lambda p: p.flops, fmt),
+    Column("gain", lambda p: p.gain, fmt),
+    Column("extra FLOPs", lambda p: p.extra_flops, fmt),
+    Column("gain / extra FLOP", lambda p: p.marginal_gain_per_flop, fmt),
+]
+PERFORMANCE_COLUMNS: list[Column[GroupPerformance]] = [
+    Column("group", lambda p: p.group),
+    *[Column(f"{phase} s", lambda p, phase=phase: p.phase_s[phase], fmt) for phase in PHASES],
+    Column("tokens/s", lambda p: p.tokens_per_s, fmt),
+    Column("MFU", lambda p: p.mfu, fmt),
+    Column(
+        "peak RSS MiB",
+        lambda p: p.peak_rss_bytes / 2**20 if p.peak_rss_bytes else None,
+        fmt,
+    ),
+    Column("params", lambda p: p.params_total, fmt),
+    Column("trainable", lambda p: p.params_trainable, fmt),
+]
 
 
 def section_gains_and_perf(
-    doc: Doc, a: dict[str, Any], an: dict[str, Any], figs: Path, tag: str
+    doc: Doc, result: BudgetAnalysis, analysis: Analysis, figs: Path, tag: str
 ) -> None:
-    primary = an["settings"]["primary"]
-    if a["marginal_gains"]:
+    primary = analysis.settings.primary
+    if result.marginal_gains:
         doc.h(3, "Marginal gains (primary metric against extra training FLOPs)")
         doc.table(
-            [
-                "factor",
-                "level",
-                "n",
-                "mean",
-                "training FLOPs",
-                "gain",
-                "extra FLOPs",
-                "gain / extra FLOP",
-            ],
-            [
-                [
-                    p["factor"],
-                    p["level"],
-                    p["n"],
-                    fmt(p["value"]),
-                    fmt(p["flops"]),
-                    fmt(p["gain"]),
-                    fmt(p["extra_flops"]),
-                    fmt(p["marginal_gain_per_flop"]),
-                ]
-                for pts in a["marginal_gains"].values()
-                for p in pts
-            ],
+            GAIN_COLUMNS, [point for curve in result.marginal_gains.values() for point in curve]
         )
         doc.image(
-            plots.plot_marginal_gains(a["marginal_gains"], primary, figs, f"{tag}gains"),
+            plots.plot_marginal_gains(result.marginal_gains, primary, figs, f"{tag}gains"),
             "Marginal-gain curves",
         )
     doc.h(3, "Timing, memory and parameters (means per group)")
-    perf = a["performance"]
-    doc.table(
-        [
-            "group",
-            *[f"{k} s" for k in PHASES],
-            "tokens/s",
-            "MFU",
-            "peak RSS MiB",
-            "params",
-            "trainable",
-        ],
-        [
-            [
-                p["group"],
-                *[fmt(p["phase_s"][k]) for k in PHASES],
-                fmt(p["tokens_per_s"]),
-                fmt(p["mfu"]),
-                fmt(p["peak_rss_bytes"] / 2**20 if p["peak_rss_bytes"] else None),
-                fmt(p["params_total"]),
-                fmt(p["params_trainable"]),
-            ]
-            for p in perf
-        ],
-    )
+    doc.table(PERFORMANCE_COLUMNS, result.performance)
     doc.image(
-        plots.plot_performance(perf, figs, f"{tag}performance"),
+        plots.plot_performance(result.performance, figs, f"{tag}performance"),
         "Parameters, training speed and peak memory per group",
     )
 
 
-def section_verdicts(doc: Doc, a: dict[str, Any]) -> None:
-    if a["hypotheses"]:
+VERDICT_COLUMNS: list[Column[Verdict]] = [
+    Column("id", lambda v: v.id),
+    Column("criterion", lambda v: f"`{v.criterion}`"),
+    Column("verdict", lambda v: v.label),
+    Column(
+        "evidence (group means)",
+        lambda v: "; ".join(f"{name} = {fmt(x)}" for name, x in v.evidence.items()),
+    ),
+    Column("bootstrap support", lambda v: "n/a" if v.support is None else f"{100 * v.support:.0f}%"),
+    Column("note", lambda v: v.note or ""),
+]
+
+
+def section_verdicts(doc: Doc, result: BudgetAnalysis) -> None:
+    if result.hypotheses:
         doc.h(3, "Hypothesis verdicts")
-        doc.table(
-            ["id", "criterion", "verdict", "evidence (group means)", "bootstrap support", "note"],
-            [
-                [
-                    v["id"],
-                    f"`{v['criterion']}`",
-                    verdict_label(v["verdict"], v.get("untested")),
-                    "; ".join(f"{k} = {fmt(x)}" for k, x in v["evidence"].items()),
-                    "n/a" if v["support"] is None else f"{100 * v['support']:.0f}%",
-                    v["note"] or "",
-                ]
-                for v in a["hypotheses"]
-            ],
-        )
+        doc.table(VERDICT_COLUMNS, result.hypotheses)
     doc.h(3, "Conclusions")
-    statements = a["conclusions"]["statements"]
+    statements = result.conclusions.statements
     doc.bullets(statements or ["No conclusion can be drawn from these runs."])
 
 
@@ -498,6 +507,13 @@ def _sample_text(s: Any) -> str:
     return str(s)
 
 
+ALIAS_COLUMNS: list[Column[tuple[str, tuple[str, Any, str]]]] = [
+    Column("alias", lambda item: f"`{item[0]}`"),
+    Column("column", lambda item: f"`{item[1][0]}`"),
+    Column("meaning", lambda item: item[1][2]),
+]
+
+
 def section_definitions(doc: Doc) -> None:
     doc.h(2, "Definitions")
     doc.bullets(
@@ -518,29 +534,26 @@ def section_definitions(doc: Doc) -> None:
         "`effect_hi.T`, `p.T` give the primary metric's factorial terms (`T:W` → `T_W`). Allowed: numbers, "
         "arithmetic, comparisons, and/or/not, abs/min/max."
     )
-    doc.table(
-        ["alias", "column", "meaning"],
-        [[f"`{a}`", f"`{c}`", d] for a, (c, _, d) in ALIASES.items()],
-    )
+    doc.table(ALIAS_COLUMNS, ALIASES.items())
 
 
-def build(exp: Experiment, an: dict[str, Any], figs: Path) -> Doc:
+def build(exp: Experiment, analysis: Analysis, figs: Path) -> Doc:
     """The report document (plots are drawn into ``figs`` as it is built)."""
     doc = Doc(f"Experiment record: {exp.name}")
-    section_header(doc, exp, an)
-    section_glance(doc, an)
-    section_prereg(doc, an)
-    section_config(doc, exp, an)
+    section_header(doc, exp, analysis)
+    section_glance(doc, analysis)
+    section_prereg(doc, analysis.preregistration)
+    section_config(doc, exp, analysis)
     section_environment(doc, exp)
-    section_execution(doc, an)
+    section_execution(doc, analysis)
     finished = exp.finished()
-    for budget, a in an["budgets"].items():
-        tag = f"{budget}-" if len(an["budgets"]) > 1 else ""
+    for budget, result in analysis.budgets.items():
+        tag = f"{budget}-" if len(analysis.budgets) > 1 else ""
         frame = finished[finished["budget"] == budget]
         doc.h(2, f"Results, budget `{budget}`" if tag else "Results")
-        section_results(doc, a, an, figs, tag)
-        section_effects(doc, exp, frame, a, an, figs, tag)
-        section_gains_and_perf(doc, a, an, figs, tag)
+        section_results(doc, result, analysis, figs, tag)
+        section_effects(doc, exp, frame, result, analysis, figs, tag)
+        section_gains_and_perf(doc, result, analysis, figs, tag)
         doc.image(
             plots.plot_r_heatmaps(exp, frame, figs, f"{tag}r_matrices"),
             "Mean loss R matrix per group (rows: after each stage)",
@@ -549,8 +562,8 @@ def build(exp: Experiment, an: dict[str, Any], figs: Path) -> Doc:
             plots.plot_learning_curves(exp, frame, figs, f"{tag}learning_curves"),
             "Training loss per group (mean over runs)",
         )
-        section_verdicts(doc, a)
-    if not an["budgets"]:
+        section_verdicts(doc, result)
+    if not analysis.budgets:
         doc.warn("no finished run: nothing to analyse yet.")
     section_samples(doc, exp)
     section_definitions(doc)
@@ -560,16 +573,19 @@ def build(exp: Experiment, an: dict[str, Any], figs: Path) -> Doc:
 def write_report(exp_dir: str | Path, seed: int = 0) -> dict[str, Path]:
     """Analyse EXP_DIR and write analysis.json, report.md, report.html and plots/ into it."""
     exp = load_experiment(exp_dir)
-    an = jsonable(analyse(exp, seed=seed))
+    document = to_json(analyse(exp, seed=seed))
+    # the report is rendered from what analysis.json holds (NaN as None, tuples as lists), read
+    # back through the same loader as any other reader of the file
+    analysis = from_json(document)
     figs = exp.root / "plots"
-    doc = build(exp, an, figs)
+    doc = build(exp, analysis, figs)
     paths = {
-        "analysis": exp.root / "analysis.json",
+        "analysis": exp.root / ANALYSIS_JSON,
         "markdown": exp.root / "report.md",
         "html": exp.root / "report.html",
         "plots": figs,
     }
-    atomic_write_json(paths["analysis"], an)
+    atomic_write_json(paths["analysis"], document)
     atomic_write_text(paths["markdown"], doc.markdown(exp.root))
     atomic_write_text(paths["html"], doc.html())
     return paths

@@ -16,7 +16,7 @@ Stability (docs/metrics.md, the T/W/R ablation's stability metrics):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,8 @@ from scipy import stats
 
 LEVEL = 0.95
 N_BOOT = 2000
+
+
 def t_interval(x: Sequence[float], level: float = LEVEL) -> tuple[float, float] | None:
     """Student-t interval for the mean; None with fewer than two values."""
     a = np.asarray(x, dtype=float)
@@ -58,9 +60,6 @@ class GroupStat:
     boot_ci: tuple[float, float] | None
     seed_var: float | None
     order_var: float | None
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 def seed_variance(values: np.ndarray, orders: np.ndarray) -> float | None:
@@ -119,9 +118,6 @@ class Comparison:
     rel: float | None
     ci: tuple[float, float] | None
     p: float | None
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 def welch(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> tuple:

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
+from forgetlab.analysis.tables import Column, rich_table
 from forgetlab.cli.console import amount, make_console
 from forgetlab.cli.errors import user_errors
 from forgetlab.config import ConfigError, load_toml
@@ -60,6 +60,32 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
+# one row per (group, budget) cell: (group, budget, the cell's runs); a cell's runs share a shape
+CELL_COLUMNS: list[Column[tuple[str, str, list[dict[str, Any]]]]] = [
+    Column("group", lambda cell: cell[0]),
+    Column("budget", lambda cell: cell[1]),
+    Column("runs", lambda cell: len(cell[2]), justify="right"),
+    Column("steps/stage", lambda cell: cell[2][0]["steps_per_stage"], justify="right"),
+    Column("tokens/run", lambda cell: cell[2][0]["train_tokens"], _fmt, "right"),
+    Column("FLOPs/run", lambda cell: cell[2][0]["flops_training"], _fmt, "right"),
+    Column("6ND/run", lambda cell: cell[2][0]["flops_6nd"], _fmt, "right"),
+    Column("wall/run here", lambda cell: f"{amount(cell[2][0]['wall_s'])} s", justify="right"),
+]
+GPU_COLUMNS: list[Column[dict[str, Any]]] = [
+    Column("GPU", lambda gpu: gpu["name"]),
+    Column("effective TFLOP/s", lambda gpu: f"{gpu['effective_flops'] / 1e12:,.1f}",
+           justify="right"),
+    Column("utilisation", lambda gpu: f"{gpu['utilisation']:.1%}", justify="right"),
+    Column("$/h", lambda gpu: f"{gpu['price_per_hour']:.2f}", justify="right"),
+    Column("s/run", lambda gpu: gpu["seconds_per_run"], amount, "right"),
+    Column("GPU-hours", lambda gpu: gpu["gpu_hours"], amount, "right"),
+    Column("cost $", lambda gpu: gpu["cost"], amount, "right"),
+    Column("s/run 6ND", lambda gpu: gpu["seconds_per_run_6nd"], amount, "right"),
+    Column("GPU-hours 6ND", lambda gpu: gpu["gpu_hours_6nd"], amount, "right"),
+    Column("cost $ 6ND", lambda gpu: gpu["cost_6nd"], amount, "right"),
+]
+
+
 def print_plan(plan: dict[str, Any]) -> None:
     console.print(
         f"[bold]{plan['name']}[/] scale={plan['scale']} design={plan['design']} "
@@ -67,69 +93,20 @@ def print_plan(plan: dict[str, Any]) -> None:
         f"{plan['n_distinct_runs']} distinct"
     )
     by_cell: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in plan["runs"]:
-        by_cell.setdefault((r["group"], r["budget"]), []).append(r)
-    table = Table(title="runs per group and budget")
-    for col in (
-        "group",
-        "budget",
-        "runs",
-        "steps/stage",
-        "tokens/run",
-        "FLOPs/run",
-        "6ND/run",
-        "wall/run here",
-    ):
-        table.add_column(col, justify="left" if col in ("group", "budget") else "right")
-    for (group, budget), rs in by_cell.items():
-        r = rs[0]
-        table.add_row(
-            group,
-            budget,
-            str(len(rs)),
-            str(r["steps_per_stage"]),
-            _fmt(r["train_tokens"]),
-            _fmt(r["flops_training"]),
-            _fmt(r["flops_6nd"]),
-            f"{amount(r['wall_s'])} s",
-        )
-    console.print(table)
-    t = plan["totals"]
-    tp = plan["throughput"]
+    for run in plan["runs"]:
+        by_cell.setdefault((run["group"], run["budget"]), []).append(run)
+    cells = [(group, budget, runs) for (group, budget), runs in by_cell.items()]
+    console.print(rich_table(CELL_COLUMNS, cells, title="runs per group and budget"))
+    totals = plan["totals"]
+    throughput = plan["throughput"]
     console.print(
-        f"totals over distinct runs: {_fmt(t['train_tokens'])} training tokens, "
-        f"{_fmt(t['flops_training'])} training FLOPs (+{_fmt(t['flops_eval'])} evaluation), "
-        f"6ND {_fmt(t['flops_6nd'])}; wall here {t['wall_s'] / 3600:,.2f} h at "
-        f"{tp['flops_per_s'] / 1e9:,.1f} GFLOP/s on {tp['device']} ({tp['source']})"
+        f"totals over distinct runs: {_fmt(totals['train_tokens'])} training tokens, "
+        f"{_fmt(totals['flops_training'])} training FLOPs (+{_fmt(totals['flops_eval'])} "
+        f"evaluation), 6ND {_fmt(totals['flops_6nd'])}; wall here {totals['wall_s'] / 3600:,.2f} h "
+        f"at {throughput['flops_per_s'] / 1e9:,.1f} GFLOP/s on {throughput['device']} "
+        f"({throughput['source']})"
     )
-    gpus = Table(title="reference GPUs (one run per GPU)")
-    for col in (
-        "GPU",
-        "effective TFLOP/s",
-        "utilisation",
-        "$/h",
-        "s/run",
-        "GPU-hours",
-        "cost $",
-        "s/run 6ND",
-        "GPU-hours 6ND",
-        "cost $ 6ND",
-    ):
-        gpus.add_column(col, justify="left" if col == "GPU" else "right")
-    for g in plan["gpus"]:
-        gpus.add_row(
-            g["name"],
-            f"{g['effective_flops'] / 1e12:,.1f}",
-            f"{g['utilisation']:.1%}",
-            f"{g['price_per_hour']:.2f}",
-            amount(g['seconds_per_run']),
-            amount(g['gpu_hours']),
-            amount(g['cost']),
-            amount(g['seconds_per_run_6nd']),
-            amount(g['gpu_hours_6nd']),
-            amount(g['cost_6nd']),
-        )
-    console.print(gpus)
+    console.print(rich_table(GPU_COLUMNS, plan["gpus"], title="reference GPUs (one run per GPU)"))
     uncalibrated = [g for g, f in plan["flops_by_group"].items() if f.get("source") == "model only"]
     if uncalibrated:
         console.print(

@@ -29,16 +29,17 @@ def report(
     seed: Annotated[int, typer.Option(help="seed of the bootstrap resampling")] = 0,
 ) -> None:
     """Write analysis.json, report.md, report.html and plots/ into EXP_DIR."""
+    from forgetlab.analysis.document import load_analysis, to_json
     from forgetlab.analysis.report import write_report
 
     paths = write_report(exp_dir, seed=seed)
-    analysis = json.loads(paths["analysis"].read_text())
-    for run in analysis["runs"]:
-        if run["status"] == "corrupt":  # listed in the report, never silently left out
-            console.print(f"[bold yellow]warning:[/] run {run['run_id']}: {run['error']}",
+    analysis = load_analysis(paths["analysis"])
+    for run in analysis.runs:
+        if run.status == "corrupt":  # listed in the report, never silently left out
+            console.print(f"[bold yellow]warning:[/] run {run.run_id}: {run.error}",
                           highlight=False)
     if as_json:
-        typer.echo(json.dumps(analysis, indent=2))
+        typer.echo(json.dumps(to_json(analysis), indent=2))
     console.print(
         f"report: [bold]{paths['html']}[/] (also {paths['markdown'].name}, "
         f"{paths['analysis'].name}, {paths['plots'].name}/)",
