@@ -29,6 +29,7 @@ class Column(Generic[Item]):
     get: Callable[[Item], Any]
     fmt: Callable[[Any], Any] = as_is
     justify: Literal["left", "right"] = "left"  # the terminal's alignment (Markdown keeps left)
+    style: str | None = None  # the terminal's style of the column, e.g. "bold"
 
     def cell(self, item: Item) -> Any:
         return self.fmt(self.get(item))
@@ -49,7 +50,7 @@ def rich_table(
     """The table for the terminal (more rows, e.g. a total, can be added to it afterwards)."""
     table = Table(title=title)
     for column in columns:
-        table.add_column(column.header, justify=column.justify)
+        table.add_column(column.header, justify=column.justify, style=column.style)
     for row in rows(columns, items):
         table.add_row(*(str(cell) for cell in row))
     return table

@@ -12,6 +12,7 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
+from forgetlab.analysis.tables import Column, rich_table
 from forgetlab.cli.console import make_console
 from forgetlab.cli.errors import user_errors
 from forgetlab.config import ConfigError, SourceConfig, format_validation_error
@@ -102,16 +103,21 @@ def info_rows(manifests: list[dict]) -> list[dict]:
     return rows
 
 
+INFO_COLUMNS: list[Column[dict]] = [
+    Column("domain", lambda r: r["domain"] + (" (eval)" if r["eval_only"] else "")),
+    Column("tokenizer", lambda r: r["tokenizer"]),
+    Column("sources", lambda r: ", ".join(r["sources"][:3]) + (" ..." if len(r["sources"]) > 3
+                                                              else "")),
+    Column("documents", lambda r: f"{r['documents']:,}"),
+    Column("MB", lambda r: f"{r['mb']:.1f}"),
+    Column("train tokens", lambda r: f"{r['train_tokens']:,}"),
+    Column("val tokens", lambda r: f"{r['val_tokens']:,}"),
+]
+
+
 def info_table(manifests: list[dict]) -> Table:
     """The rich table of ``info_rows``."""
-    table = Table("domain", "tokenizer", "sources", "documents", "MB", "train tokens",
-                  "val tokens")
-    for r in info_rows(manifests):
-        sources = ", ".join(r["sources"][:3]) + (" ..." if len(r["sources"]) > 3 else "")
-        table.add_row(r["domain"] + (" (eval)" if r["eval_only"] else ""), r["tokenizer"],
-                      sources, f"{r['documents']:,}", f"{r['mb']:.1f}", f"{r['train_tokens']:,}",
-                      f"{r['val_tokens']:,}")
-    return table
+    return rich_table(INFO_COLUMNS, info_rows(manifests))
 
 
 @app.command("info")

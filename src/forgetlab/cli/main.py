@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
+from forgetlab.analysis.tables import Column, rich_table
 from forgetlab.cli import data as data_cli
 from forgetlab.cli import experiment_commands, model_commands, report_commands, spec_commands
 from forgetlab.cli.console import make_console
@@ -130,12 +130,12 @@ def bench_train_cmd(
     if as_json:
         typer.echo(json.dumps(res, indent=2))
         return
-    table = Table(title=f"bench train: {preset}")
-    table.add_column("field")
-    table.add_column("value", justify="right")
-    for k, v in res.items():
-        table.add_row(k, f"{v:,.4g}" if isinstance(v, float) else str(v))
-    console.print(table)
+    columns: list[Column[tuple[str, Any]]] = [
+        Column("field", lambda item: item[0]),
+        Column("value", lambda item: f"{item[1]:,.4g}" if isinstance(item[1], float) else item[1],
+               justify="right"),
+    ]
+    console.print(rich_table(columns, res.items(), title=f"bench train: {preset}"))
 
 
 @bench_app.command("peak")

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from forgetlab.analysis.tables import Column, rich_table
 from forgetlab.cli.errors import user_errors
 from forgetlab.config import PRESETS, STREAM_DOMAINS, ConfigError, RunConfig, resolve_run_config
 from forgetlab.models import (
@@ -69,13 +70,26 @@ def model_for_target(target: str, vocab_size: int | None, overrides: list[str]) 
     return from_pretrained(target)
 
 
+COUNTS = ("trainable", "frozen", "buffers")
+MODULE_COLUMNS: list[Column[dict[str, Any]]] = [
+    Column("module", lambda row: row["name"]),
+    *[Column(c, lambda row, c=c: f"{row[c]:,}", justify="right") for c in COUNTS],
+]
+PARAMETER_COLUMNS: list[Column[dict[str, Any]]] = [
+    Column("name", lambda p: p["name"]),
+    Column("shape", lambda p: tuple(p["shape"])),
+    Column("requires_grad", lambda p: p["requires_grad"]),
+]
+BUFFER_COLUMNS: list[Column[dict[str, Any]]] = [
+    Column("name", lambda b: b["name"]),
+    Column("shape", lambda b: tuple(b["shape"])),
+    Column("dtype", lambda b: b["dtype"]),
+]
+
+
 def parameter_table(report: dict[str, Any], title: str) -> Table:
-    table = Table(title=title)
-    table.add_column("module")
-    for col in ("trainable", "frozen", "buffers"):
-        table.add_column(col, justify="right")
-    for row in report["modules"]:
-        table.add_row(row["name"], *(f"{row[c]:,}" for c in ("trainable", "frozen", "buffers")))
+    """Trainable / frozen / buffer counts per module, and their totals."""
+    table = rich_table(MODULE_COLUMNS, report["modules"], title=title)
     table.add_section()
     totals = (f"{report[c]:,}" for c in ("trainable", "frozen", "buffers"))
     table.add_row(f"total {report['total']:,}", *totals, style="bold")
@@ -203,16 +217,8 @@ def diagnose_command(
 
 def _print_diagnosis(report: dict[str, Any], target: str) -> None:
     console = Console()
-    params = Table(title=f"{target}: parameters")
-    for col in ("name", "shape", "requires_grad"):
-        params.add_column(col)
-    for p in report["parameters"]:
-        params.add_row(p["name"], str(tuple(p["shape"])), str(p["requires_grad"]))
-    buffers = Table(title="buffers")
-    for col in ("name", "shape", "dtype"):
-        buffers.add_column(col)
-    for b in report["buffers"]:
-        buffers.add_row(b["name"], str(tuple(b["shape"])), b["dtype"])
+    params = rich_table(PARAMETER_COLUMNS, report["parameters"], title=f"{target}: parameters")
+    buffers = rich_table(BUFFER_COLUMNS, report["buffers"], title="buffers")
     console.print(params, buffers)
     console.print(
         f"total {report['total']:,}  trainable {report['trainable']:,}  "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -10,6 +11,7 @@ from rich.table import Table
 
 from forgetlab.analysis.metrics import KINDS
 from forgetlab.analysis.registry import MATRIX, PROBE
+from forgetlab.analysis.tables import Column, rich_table
 from forgetlab.cli.console import make_console
 
 KIND_TITLES = {"loss": "loss (nats/token)", "bpb": "bits per byte", "accuracy": "top-1 accuracy"}
@@ -25,14 +27,17 @@ def scores_table(
     unigram: list[float | None],
 ) -> Table:
     """One score matrix (rows after each stage) with the unigram baseline as its last row."""
-    table = Table(title=escape(title))
-    table.add_column("after", style="bold")
-    for c in columns:
-        table.add_column(c, justify="right")
-    for label, row in zip(labels, rows, strict=False):
-        table.add_row(label, *(f"{v:.3f}" for v in row))
-    table.add_row("unigram", *("—" if v is None else f"{v:.3f}" for v in unigram), style="dim")
+    declared: list[Column[tuple[str, list[float]]]] = [
+        Column("after", lambda row: row[0], style="bold"),
+        *[Column(c, lambda row, j=j: row[1][j], _score, "right") for j, c in enumerate(columns)],
+    ]
+    table = rich_table(declared, zip(labels, rows, strict=False), title=escape(title))
+    table.add_row("unigram", *("—" if v is None else _score(v) for v in unigram), style="dim")
     return table
+
+
+def _score(v: float) -> str:
+    return f"{v:.3f}"
 
 
 def r_matrix_table(record: dict[str, Any], kind: str) -> Table:
@@ -64,29 +69,32 @@ def _fmt(v: Any) -> str:
 
 
 def metrics_table(record: dict[str, Any]) -> Table:
-    table = Table(
-        title="continual-learning metrics (scores higher-is-better; forgetting > 0 = lost)"
-    )
-    table.add_column("metric", style="bold")
-    kinds = [k for k in KINDS if k in record["metrics"]]
-    for k in kinds:
-        table.add_column(k, justify="right")
+    """The metrics every kind has, one row per metric (per-lag ones once per lag), then the
+    probes' means."""
+    metrics = record["metrics"]
+    kinds = [k for k in KINDS if k in metrics]
+    rows: list[tuple[str, Callable[[str], Any]]] = []
     for x in MATRIX:  # the metrics every kind has (final_mean is the R matrices' last row)
         if x.kinds != KINDS or x.shape == "per_domain":
             continue
         if x.shape == "scalar":
-            table.add_row(x.name, *(_fmt(record["metrics"][k][x.name]) for k in kinds))
+            rows.append((x.name, lambda k, name=x.name: metrics[k][name]))
             continue
-        lags = len(record["metrics"][kinds[0]][x.name]) if kinds else 0
-        for lag in range(1, lags + 1):
-            table.add_row(
-                f"{x.name}@{lag}", *(_fmt(record["metrics"][k][x.name][str(lag)]) for k in kinds)
-            )
+        lags = len(metrics[kinds[0]][x.name]) if kinds else 0
+        rows += [
+            (f"{x.name}@{lag}", lambda k, name=x.name, lag=lag: metrics[k][name][str(lag)])
+            for lag in range(1, lags + 1)
+        ]
     probed = (record.get("probes") or {}).get("metrics") or {}
     for x in PROBE:  # the mean over the probes; each probe's is in the probe tables
         if all(x.name in probed.get(k, {}) for k in kinds):
-            table.add_row(f"{x.name} (mean)", *(_fmt(probed[k][x.name]["mean"]) for k in kinds))
-    return table
+            rows.append((f"{x.name} (mean)", lambda k, name=x.name: probed[k][name]["mean"]))
+    columns: list[Column[tuple[str, Callable[[str], Any]]]] = [
+        Column("metric", lambda row: row[0], style="bold"),
+        *[Column(k, lambda row, k=k: row[1](k), _fmt, "right") for k in kinds],
+    ]
+    title = "continual-learning metrics (scores higher-is-better; forgetting > 0 = lost)"
+    return rich_table(columns, rows, title=title)
 
 
 def print_run_summary(record: dict[str, Any], console: Console | None = None) -> None:
