@@ -72,6 +72,8 @@ class MemoryConfig(_Strict):
 
 
 InitFormat = Literal["forgetlab", "hf", "nanogpt"]
+LoggerName = Literal["tensorboard", "wandb", "mlflow", "csv"]
+"""Where a run's numbers are also sent (forgetlab.train.loggers); wandb and mlflow are extras."""
 """What ``model.init`` reads: a forgetlab run directory or checkpoint, a Hugging Face GPT-2
 directory, a nanoGPT ``ckpt.pt``."""
 
@@ -269,6 +271,11 @@ class TrainConfig(_Strict):
         description="validation perplexity whose first crossing on each new domain is timed "
         "(steps, tokens, training seconds); needs eval_every",
     )
+    loggers: list[LoggerName] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="experiment loggers: tensorboard | wandb | mlflow | csv (they never change "
+        "a number, so the run's id does not depend on them)",
+    )
 
     @model_validator(mode="after")
     def _check_lr(self) -> TrainConfig:
@@ -279,6 +286,9 @@ class TrainConfig(_Strict):
                 f"train.target_ppl = {self.target_ppl} needs in-stage evaluation: set "
                 "train.eval_every > 0 (the target is checked at each evaluation)"
             )
+        twice = sorted({x for x in self.loggers if self.loggers.count(x) > 1})
+        if twice:
+            raise ValueError(f"train.loggers = {self.loggers} lists {twice} twice")
         return self
 
 

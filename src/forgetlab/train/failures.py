@@ -7,6 +7,16 @@ from pathlib import Path
 from typing import Any
 
 from forgetlab.atomic import DiskFullError, is_disk_full
+from forgetlab.config import ForgetlabError
+
+
+class LoggerError(ForgetlabError):
+    """A logger in ``train.loggers`` could not start (a tracking server refused, a directory it
+    cannot write): the run stops before its first training step, so nothing is lost."""
+
+    def __init__(self, logger: str, message: str) -> None:
+        self.details: dict[str, Any] = {"kind": "logger", "logger": logger}
+        super().__init__(message)
 
 
 class DivergenceError(RuntimeError):
@@ -41,7 +51,7 @@ class DivergenceError(RuntimeError):
 def run_failure(exc: BaseException) -> tuple[str, dict[str, Any]] | None:
     """(one-line message, run.json ``failure`` fields) for a failure the lab explains itself
     (divergence, a full disk); None for anything else, which keeps its traceback."""
-    if isinstance(exc, DivergenceError):
+    if isinstance(exc, DivergenceError | LoggerError):
         return str(exc), exc.details
     if is_disk_full(exc):
         err = exc if isinstance(exc, DiskFullError) else None

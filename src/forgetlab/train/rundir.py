@@ -10,7 +10,10 @@ Layout (what analysis, reports and ``from_pretrained`` rely on)::
         step-00000120/    model.safetensors + trainer.pt (optimizer, RNG, cursor, R, mechanism
                           state) + wallclock.pt (timings, curves) + checkpoint.json (sha256s)
         latest -> step-00000120
-      tb/                 TensorBoard event files
+      tb/                 TensorBoard event files (train.loggers: tensorboard, the default)
+      metrics.csv         step,key,value rows (train.loggers: csv)
+      loggers.json        the W&B / MLflow run ids a resumed run logs into again
+      wandb/              W&B's files, unless WANDB_DIR says elsewhere (train.loggers: wandb)
       .lock               while a process writes the run (:mod:`forgetlab.locks`)
 
 Every file is written atomically; a finished run is never overwritten. A run.json that cannot be
@@ -40,6 +43,8 @@ CURVES = "curves.parquet"
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 TENSORBOARD = "tb"
+LOGGERS_CSV = "metrics.csv"
+LOGGERS_STATE = "loggers.json"
 MODEL_FILE = "model.safetensors"
 TRAINER_FILE = "trainer.pt"
 CORRUPT = "corrupt"
@@ -53,6 +58,11 @@ class RunDirError(ConfigError):
 log = logging.getLogger("forgetlab.train")
 
 
+HASH_EXCLUDED = {"train": {"loggers"}}
+"""Config keys that never change a number, left out of the run id: adding a logger to a finished
+study does not re-run it, and a run resumes under another list of loggers."""
+
+
 def config_hash(cfg: RunConfig) -> str:
     """Stable short id of a resolved config (same config -> same id on every machine).
 
@@ -60,7 +70,7 @@ def config_hash(cfg: RunConfig) -> str:
     (with a default that keeps the old behaviour) keeps every existing run id: a study resumed
     after an upgrade does not re-run its finished runs. A value set away from its default, a
     preset's expansion included, always counts."""
-    dump = cfg.model_dump(mode="json", exclude_defaults=True)
+    dump = cfg.model_dump(mode="json", exclude_defaults=True, exclude=HASH_EXCLUDED)
     canonical = json.dumps(dump, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
@@ -184,11 +194,13 @@ class RunDir:
         return self.has_checkpoint()
 
     def discard_attempt(self) -> None:
-        """Remove what an attempt without a checkpoint wrote (its record, curves and TensorBoard
-        events), so that the next attempt's files are not mixed with it."""
+        """Remove what an attempt without a checkpoint wrote (its record, curves and loggers'
+        files), so that the next attempt's files are not mixed with it."""
         self.run_json.unlink(missing_ok=True)
         self.curves.unlink(missing_ok=True)
         shutil.rmtree(self.tensorboard, ignore_errors=True)
+        (self.root / LOGGERS_CSV).unlink(missing_ok=True)
+        (self.root / LOGGERS_STATE).unlink(missing_ok=True)  # the next attempt: new W&B/MLflow runs
 
     def _resume_corrupt(self, cfg: RunConfig, error: RunDirError) -> bool:
         """An unreadable run.json: resume from the checkpoints (they hold R, curves and flops, so

@@ -51,6 +51,7 @@ from forgetlab.train.env import environment, peak_memory_bytes
 from forgetlab.train.evaluate import EvalSet, evaluate, make_eval_set, unigram_baseline
 from forgetlab.train.failures import DivergenceError, run_failure
 from forgetlab.train.flops import FlopsAccount, peak_flops
+from forgetlab.train.loggers import Loggers, check_packages, r_row
 from forgetlab.train.probes import Probes
 from forgetlab.train.rundir import RunDir, config_hash
 from forgetlab.train.schedule import lr_at
@@ -120,6 +121,8 @@ class Trainer:
         self.progress = progress
         # names, knobs and each mechanism's fit to this run, before any data, model or directory
         self.mechanisms = build_mechanisms(cfg.mechanisms, cfg)
+        check_packages(cfg.train.loggers)
+        self.loggers = Loggers([])  # opened by run(), once the resume step is known
         self.lock = self.run_dir.lock(lock_wait)
         if self.run_dir.root.is_dir():
             self._claim()
@@ -207,7 +210,6 @@ class Trainer:
         self.data_rng = np.random.default_rng([cfg.seed, 0])
         self.mech_flops_at_stage_start = 0.0
         self.started = datetime.now(timezone.utc).isoformat()
-        self.tb = None
 
     def _vocab_size(self, tokenizer_vocab: int) -> int | None:
         """The tokenizer's vocabulary, unless the spec pads it (e.g. 50304 for GPU efficiency)."""
@@ -220,16 +222,6 @@ class Trainer:
                 f"tokenizer's {tokenizer_vocab} tokens"
             )
         return None
-
-    def _tensorboard(self) -> Any:
-        if self.tb is None:
-            if self.dist.is_main:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(self.run_dir.tensorboard))
-            else:
-                self.tb = _NullWriter()
-        return self.tb
 
     def _write_run_json(self, record: dict[str, Any]) -> None:
         if self.dist.is_main:  # under torchrun only rank 0 owns the run directory
@@ -496,6 +488,7 @@ class Trainer:
             "unigram": {k: [self.unigram[d][k] for d in domains] for k in METRIC_KINDS},
             **({"probes": self.probes.record(len(domains))} if self.probes else {}),
             "metrics": metrics,
+            "loggers": self.loggers.report(),
             "flops": flops,
             "tokens": {
                 "train_per_stage": [s["train_tokens"] for s in self.flops.stages],
@@ -575,9 +568,13 @@ class Trainer:
         except BaseException:
             self.lock.release()
             raise
+        status = "failed"
         try:
             record = self._run()
+            status = "finished"
         except BaseException as e:
+            if isinstance(e, KeyboardInterrupt):
+                status = "killed"
             known = run_failure(e)  # divergence, disk full: one line that says what to do
             err, failure = known or (f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}", None)
             try:
@@ -589,8 +586,7 @@ class Trainer:
                 raise DiskFullError(failure["path"] or self.run_dir.root) from None
             raise
         finally:
-            if self.tb is not None:
-                self.tb.close()
+            self.loggers.close(status)
             shutdown_distributed(self.dist)
             self.lock.release()
         return record
@@ -603,11 +599,14 @@ class Trainer:
         if self.resume:
             stage0, step0 = self._restore(load_checkpoint(self.run_dir, self.model))
             log.info("resuming %s at stage %d step %d", self.run_dir.root, stage0, step0)
-        else:
+        resumed_at = self.ctx.global_step if self.resume else None
+        self.loggers = Loggers.open(self.cfg, self.run_dir.root, resumed_at, self.dist.is_main)
+        if not self.resume:
             stage0, step0 = 0, 0
             row = self._evaluate_all(0)
             for k in METRIC_KINDS:
                 self.R[k].append(row[k])
+            self.loggers.evaluation(0, r_row(self.R, list(self.stream.domains), 0))
         self._write_run_json(self._record("running"))
 
         for stage in range(stage0, n_stages):
@@ -615,6 +614,8 @@ class Trainer:
         record = self._record("finished")
         if self.cfg.train.samples:
             record["samples"] = self._generation_samples()
+        self.loggers.final(self.ctx.global_step, record)
+        record["loggers"] = self.loggers.report()
         self._write_curves(self.curves)
         self._write_run_json(record)
         return record
@@ -660,7 +661,6 @@ class Trainer:
             leave=True,
             dynamic_ncols=True,
         )
-        tb = self._tensorboard()
         window_t, window_tokens = time.perf_counter(), 0
         for step in range(start_step, cfg.steps_per_stage):
             ctx.step = step
@@ -686,9 +686,7 @@ class Trainer:
                     **ctx.log,
                 }
                 self.curves.append(row)
-                for k, v in row.items():
-                    if isinstance(v, float) and math.isfinite(v) and k not in ("stage", "step"):
-                        tb.add_scalar(f"train/{k}", v, ctx.global_step)
+                self.loggers.curve(row)
                 bar.set_postfix(loss=f"{stats['train_loss']:.3f}", tok_s=f"{tps:,.0f}")
             if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps_per_stage:
                 res = self._evaluate_new_domain(stage)
@@ -703,7 +701,7 @@ class Trainer:
                         **self._stage_progress(stage),
                     }
                 )
-                tb.add_scalar(f"val/{name}/loss", res["loss"], ctx.global_step)
+                self.loggers.curve(self.curves[-1])
             bar.update(1)
             if (
                 cfg.checkpoint_every
@@ -731,8 +729,8 @@ class Trainer:
                     **self._stage_progress(stage),
                 }
             )
-        for j, d in enumerate(self.stream.domains):
-            tb.add_scalar(f"R/loss/{d}", row["loss"][j], stage + 1)
+            self.loggers.curve(self.curves[-1])
+        self.loggers.evaluation(ctx.global_step, r_row(self.R, list(self.stream.domains), stage + 1))
         log.info(
             "stage %d (%s) done: losses %s", stage + 1, name, [round(v, 3) for v in row["loss"]]
         )
@@ -781,12 +779,3 @@ class _scoped:
     def __exit__(self, *exc: object) -> None:
         self.stack.close()
 
-
-class _NullWriter:
-    """Stands in for TensorBoard's writer on ranks other than 0."""
-
-    def add_scalar(self, *args: object, **kwargs: object) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
