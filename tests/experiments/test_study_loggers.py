@@ -69,3 +69,22 @@ def test_mlflow_nests_each_run_under_one_parent_per_study(logged_study):
         for j, domain in enumerate(record["domains"]):
             history = mlflow_history(client, child.info.run_id, f"R/bpb/{domain}")
             assert history == [(3 * i, row[j]) for i, row in enumerate(record["R"]["bpb"])]
+
+
+def test_a_study_whose_logger_is_not_installed_is_refused_before_any_run(
+    micro_base, tmp_path, monkeypatch
+):
+    import importlib.util
+
+    from forgetlab.config import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a)
+    )
+    base = micro_base(domains=2, steps=3)
+    base["train"]["loggers"] = ["csv", "mlflow"]
+    raw = {"name": "untracked", "base": base, "factors": {"LR": {"lo": {}}}, "seeds": [0]}
+    with pytest.raises(ConfigError, match=r"pip install 'forgetlab\[mlflow\]'"):
+        run_experiment(raw, tmp_path / "exp", quiet=True)
+    assert not (tmp_path / "exp").exists()

@@ -32,6 +32,7 @@ from forgetlab.experiments.plan import run_flops
 from forgetlab.experiments.spec import ExperimentSpec, load_spec
 from forgetlab.experiments.store import ExperimentStore
 from forgetlab.locks import DirectoryLock
+from forgetlab.train.loggers import check_packages
 
 log = logging.getLogger("forgetlab.experiments")
 
@@ -153,6 +154,8 @@ def run_experiment(
         study=spec.name,
     )
     configs, reference = same_shape_configs(spec)
+    for cfg in configs.values():  # a logger's missing package fails the study, not each run
+        check_packages(cfg.train.loggers)
     # every run's config (other seeds and orders included); matched budgets need calibration
     planned = None if "matched_flops" in spec.budgets else expand(spec)
     with _removed_if_left_empty(store.root), DirectoryLock(store.root, "study directory"):

@@ -57,6 +57,13 @@ STATE_FILE = LOGGERS_STATE  # the W&B and MLflow run ids, so a resumed run logs 
 CSV_COLUMNS = ("step", "key", "value")
 # the optional package each logger needs, and the extra that installs it
 PACKAGES = {"wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow")}
+START_HINTS = {
+    "tensorboard": "check that the run directory is writable",
+    "csv": "check that the run directory is writable",
+    "wandb": "run `wandb login`, or set WANDB_MODE=offline (upload later with `wandb sync`)",
+    "mlflow": "check MLFLOW_TRACKING_URI (a server, sqlite:///mlflow.db, or a file store with "
+    "MLFLOW_ALLOW_FILE_STORE=true)",
+}
 CURVE_INDEX = ("step", "stage", "stage_step")  # a curve row's coordinates, not values to plot
 Scalar = int | float | str | bool
 
@@ -268,9 +275,10 @@ class Loggers:
                 raise LoggerError(
                     name,
                     f"train.loggers: the {name} logger could not start ({type(e).__name__}: "
-                    f"{e}); remove it from train.loggers or fix its setting"
+                    f"{e}); {START_HINTS[name]}, or remove it from train.loggers",
                 ) from e
-        atomic_write_json(state_path, state)
+        if state:  # the ids first, so a run killed from here on logs into the same runs again
+            atomic_write_json(state_path, state)
         fan = cls(started, opening)
         fan._each(0, lambda lg: lg.log_hparams(hparams(cfg, opening.who)))
         return fan
