@@ -264,3 +264,27 @@ def test_a_missing_package_names_the_extra_to_install(fixture_data, tmp_path, mo
         Trainer(logged_config(fixture_data, ["csv", "wandb"]), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 
+
+
+def test_probe_columns_flow_to_the_loggers_as_r_columns(fixture_data, tmp_path):
+    """data.probes' matrices are logged as R/<kind>/<probe> beside the stream's domains, row 0
+    included, and their probe_forgetting columns with the other metrics."""
+    from test_probes import STEPS as PROBE_STEPS
+    from test_probes import probe_config
+
+    cfg = probe_config(fixture_data, loggers=["csv"])
+    record = Trainer(cfg, tmp_path / "run", progress=False).run()
+    points = csv_points(tmp_path / "run")
+    probes = record["probes"]
+    expected = {
+        (i * PROBE_STEPS, f"R/{kind}/{probe}"): v
+        for kind, matrix in probes["R"].items()
+        for i, row in enumerate(matrix)
+        for probe, v in zip(probes["domains"], row, strict=True)
+    }
+    assert len(expected) == 3 * 3 * 2 and {k: points[k] for k in expected} == expected
+    final = len(record["domains"]) * PROBE_STEPS
+    forgetting = probes["metrics"]["loss"]["probe_forgetting"]
+    assert points[(final, "metrics/loss.probe_forgetting")] == forgetting["mean"]
+    for probe, v in forgetting["per_probe"].items():
+        assert points[(final, f"metrics/loss.probe_forgetting@{probe}")] == v

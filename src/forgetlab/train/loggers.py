@@ -38,7 +38,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, get_args
@@ -198,9 +198,17 @@ def evaluation_points(
     }
 
 
-def r_row(R: Mapping[str, list[list[float]]], columns: list[str], row: int) -> dict[str, dict[str, float]]:
-    """Row ``row`` of every R kind as ``{kind: {column: value}}`` (kinds the run records)."""
-    return {kind: dict(zip(columns, m[row], strict=True)) for kind, m in R.items() if len(m) > row}
+def r_row(
+    row: int, *tables: tuple[Mapping[str, list[list[float]]], Sequence[str]]
+) -> dict[str, dict[str, float]]:
+    """Row ``row`` of R matrices as ``{kind: {column: value}}``: each table is ``(R, columns)``
+    (the stream's domains, the probes...), every kind each one records."""
+    out: dict[str, dict[str, float]] = {}
+    for R, columns in tables:
+        for kind, matrix in R.items():
+            if len(matrix) > row:
+                out.setdefault(kind, {}).update(zip(columns, matrix[row], strict=True))
+    return out
 
 
 def metric_points(record: Mapping[str, Any]) -> dict[str, float]:

@@ -606,7 +606,7 @@ class Trainer:
             row = self._evaluate_all(0)
             for k in METRIC_KINDS:
                 self.R[k].append(row[k])
-            self.loggers.evaluation(0, r_row(self.R, list(self.stream.domains), 0))
+            self._log_evaluation(0)
         self._write_run_json(self._record("running"))
 
         for stage in range(stage0, n_stages):
@@ -619,6 +619,11 @@ class Trainer:
         self._write_curves(self.curves)
         self._write_run_json(record)
         return record
+
+    def _log_evaluation(self, row: int) -> None:
+        """Row ``row`` of R, the stream's domains and the probes' columns, to the loggers."""
+        tables = [(self.R, list(self.stream.domains)), (self.probes.R, self.probes.names)]
+        self.loggers.evaluation(self.ctx.global_step, r_row(row, *tables))
 
     def _wrap_data_parallel(self) -> None:
         """Under torchrun, (re)wrap the model in DDP for the parameters that train now.
@@ -730,7 +735,7 @@ class Trainer:
                 }
             )
             self.loggers.curve(self.curves[-1])
-        self.loggers.evaluation(ctx.global_step, r_row(self.R, list(self.stream.domains), stage + 1))
+        self._log_evaluation(stage + 1)
         log.info(
             "stage %d (%s) done: losses %s", stage + 1, name, [round(v, 3) for v in row["loss"]]
         )
