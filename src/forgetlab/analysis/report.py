@@ -37,6 +37,7 @@ from forgetlab.analysis.document import (
     to_json,
 )
 from forgetlab.analysis.effects import EffectTerm, FactorialResult
+from forgetlab.analysis.floor import UNIGRAM_MARGIN, Shortfall, shortfalls
 from forgetlab.analysis.gains import GainPoint
 from forgetlab.analysis.hypotheses import ALIASES, Verdict
 from forgetlab.analysis.load import Experiment, load_experiment
@@ -252,6 +253,47 @@ def section_execution(doc: Doc, analysis: Analysis) -> None:
                 for run in stopped
             ]
         )
+
+
+def section_unigram_floor(doc: Doc, exp: Experiment) -> None:
+    """Warn in words, per group, about each domain whose just-learned loss is not clearly below its
+    unigram baseline (:mod:`forgetlab.analysis.floor`): its forgetting is then mostly the word
+    frequency prior moving, not the loss of anything learned."""
+    finished = exp.finished()
+    judged = [rid for rid in finished["run_id"] if (exp.records.get(rid) or {}).get("unigram")]
+    if not judged:
+        return
+    doc.h(2, "Learned beyond word frequencies?")
+    found: dict[tuple[str, str], list[Shortfall]] = {}
+    runs_of: dict[str, int] = {}
+    for rid, group in zip(finished["run_id"], finished["group"], strict=True):
+        if rid not in judged:
+            continue
+        runs_of[group] = runs_of.get(group, 0) + 1
+        for s in shortfalls(exp.records[rid]):
+            found.setdefault((group, s.domain), []).append(s)
+    if not found:
+        doc.p(
+            f"In every finished run each domain's loss right after its own stage is at least "
+            f"{UNIGRAM_MARGIN:.1f} nats below that domain's unigram baseline."
+        )
+        return
+    doc.warn(
+        f"Some just-learned losses are less than {UNIGRAM_MARGIN:.1f} nats below their domain's "
+        "unigram baseline: there the runs learned little beyond word frequencies, and the "
+        "forgetting measured on that domain is largely the frequency prior moving to the next one."
+    )
+    items = []
+    for (group, domain), ss in found.items():
+        if runs_of[group] == 1:
+            items.append(f"`{group}`: {ss[0].sentence()}")
+            continue
+        margins = sorted(s.margin for s in ss)
+        items.append(
+            f"`{group}`: {domain} in {len(ss)} of {runs_of[group]} runs (unigram minus "
+            f"just-learned loss {margins[0]:.2f} to {margins[-1]:.2f} nats)"
+        )
+    doc.bullets(items)
 
 
 def _duration(info: ExperimentInfo) -> str:
@@ -546,6 +588,7 @@ def build(exp: Experiment, analysis: Analysis, figs: Path) -> Doc:
     section_config(doc, exp, analysis)
     section_environment(doc, exp)
     section_execution(doc, analysis)
+    section_unigram_floor(doc, exp)
     finished = exp.finished()
     for budget, result in analysis.budgets.items():
         tag = f"{budget}-" if len(analysis.budgets) > 1 else ""

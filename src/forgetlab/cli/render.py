@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from forgetlab.analysis.floor import shortfalls
 from forgetlab.analysis.metrics import KINDS
 from forgetlab.analysis.registry import MATRIX, PROBE
 from forgetlab.analysis.tables import Column, rich_table
@@ -101,6 +102,8 @@ def print_run_summary(record: dict[str, Any], console: Console | None = None) ->
     console = console or make_console()
     for kind in ("loss", "accuracy"):
         console.print(r_matrix_table(record, kind))
+    for s in shortfalls(record):
+        console.print(f"[yellow]warning: {escape(s.sentence())}.[/yellow]")
     if record.get("probes"):
         for kind in ("loss", "accuracy"):
             console.print(probe_table(record, kind))
