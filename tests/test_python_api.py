@@ -73,6 +73,7 @@ def test_import_forgetlab_loads_no_heavy_dependency():
         (lambda: forgetlab.run_config("quickstart", {"train.lr": None}), "overrides['train.lr'] = None"),
         (lambda: forgetlab.load_run({"status": "finished"}), "run_dir must be a path"),
         (lambda: forgetlab.load_results(["a"]), "study_dir must be a path"),
+        (lambda: forgetlab.load_analysis(3), "study_dir must be a path"),
         (lambda: forgetlab.run_study("cl_mechanisms", workers=0), "workers must be an int >= 1"),
         (lambda: forgetlab.run_study(RunConfig()), "a RunConfig is one run, not a study"),
         (lambda: forgetlab.plan("cl_mechanisms", scale=1), "scale must be a str"),

@@ -13,11 +13,12 @@ called, and the classes below are imported on first access.
 
 from __future__ import annotations
 
-from forgetlab.api import load_results, load_run, plan, run, run_config, run_study
+from forgetlab.api import load_analysis, load_results, load_run, plan, run, run_config, run_study
 
 __version__ = "0.1.0"
 
 _LAZY = {
+    "Analysis": "forgetlab.analysis.document",
     "RunConfig": "forgetlab.config",
     "ConfigError": "forgetlab.config",
     "RunRecord": "forgetlab.train.record",
@@ -27,11 +28,13 @@ _LAZY = {
 }
 
 __all__ = [
+    "Analysis",
     "ConfigError",
     "RunConfig",
     "RunRecord",
     "__version__",
     "from_pretrained",
+    "load_analysis",
     "load_results",
     "load_run",
     "load_tokenizer",

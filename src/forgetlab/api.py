@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     import pandas as pd
 
+    from forgetlab.analysis.document import Analysis
     from forgetlab.config import RunConfig
     from forgetlab.train.record import RunRecord
 
@@ -219,6 +220,15 @@ def load_results(study_dir: PathLike) -> pd.DataFrame:
     from forgetlab.analysis.load import load_experiment
 
     return load_experiment(_check_path(study_dir, "study_dir")).results
+
+
+def load_analysis(study_dir: PathLike) -> Analysis:
+    """A study's analysis.json (written by ``forgetlab report``) as a typed :class:`Analysis`:
+    ``settings``, ``runs`` and, per budget, ``group_stats`` (``stat(group, metric)``),
+    ``factorial``, ``hypotheses`` and ``conclusions``; a study directory or the file's path."""
+    from forgetlab.analysis.document import load_analysis as read_analysis
+
+    return read_analysis(_check_path(study_dir, "study_dir"))
 
 
 def load_run(run_dir: PathLike, *, typed: bool = True) -> RunRecord | dict[str, Any]:

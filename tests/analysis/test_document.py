@@ -58,3 +58,11 @@ def test_a_tampered_analysis_json_is_refused_naming_the_key_and_value(synthetic_
     message = str(caught.value)
     assert "budgets.same_shape.group_stats.0.n = 'many'" in message
     assert str(path) in message and "\n" not in message
+
+
+def test_the_python_api_loads_a_studys_analysis(synthetic_report):
+    import forgetlab
+
+    analysis = forgetlab.load_analysis(str(synthetic_report["analysis"].parent))
+    assert isinstance(analysis, forgetlab.Analysis)
+    assert analysis.budgets["same_shape"].hypotheses[0].id == "H1"

@@ -83,9 +83,9 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, str]:
 
 
 HYPOTHESIS_COLUMNS: list[Column[RegisteredHypothesis]] = [
-    Column("id", lambda h: h.id),
-    Column("statement", lambda h: h.statement),
-    Column("pass criterion", lambda h: f"`{h.criterion}`"),
+    Column("id", lambda hypothesis: hypothesis.id),
+    Column("statement", lambda hypothesis: hypothesis.statement),
+    Column("pass criterion", lambda hypothesis: f"`{hypothesis.criterion}`"),
 ]
 
 
@@ -166,11 +166,11 @@ FACTOR_COLUMNS: list[Column[tuple[str, list[str]]]] = [
     Column("coding", lambda factor: "-1 / +1" if len(factor[1]) == 2 else "levels"),
 ]
 GROUP_COLUMNS: list[Column[GroupRow]] = [
-    Column("group", lambda g: g.group),
-    Column("levels", lambda g: ", ".join(f"{k}={v}" for k, v in g.levels.items()) or "-"),
-    Column("finished / planned", lambda g: f"{g.n_finished} / {g.n_planned}"),
-    Column("seeds", lambda g: g.seeds),
-    Column("orders", lambda g: "; ".join(g.orders)),
+    Column("group", lambda group: group.group),
+    Column("levels", lambda group: ", ".join(f"{k}={v}" for k, v in group.levels.items()) or "-"),
+    Column("finished / planned", lambda group: f"{group.n_finished} / {group.n_planned}"),
+    Column("seeds", lambda group: group.seeds),
+    Column("orders", lambda group: "; ".join(group.orders)),
 ]
 
 
@@ -316,14 +316,14 @@ def _diff(comparison: Comparison | None) -> str:
 
 
 INTERVAL_COLUMNS: list[Column[GroupStat]] = [
-    Column("group", lambda s: s.group),
-    Column("n", lambda s: s.n),
-    Column("mean", lambda s: s.mean, fmt),
-    Column("sd", lambda s: s.sd, fmt),
-    Column("95% t CI", lambda s: s.t_ci, ci),
-    Column("95% bootstrap CI", lambda s: s.boot_ci, ci),
-    Column("seed variance", lambda s: s.seed_var, fmt),
-    Column("order variance", lambda s: s.order_var, fmt),
+    Column("group", lambda stat: stat.group),
+    Column("n", lambda stat: stat.n),
+    Column("mean", lambda stat: stat.mean, fmt),
+    Column("sd", lambda stat: stat.sd, fmt),
+    Column("95% t CI", lambda stat: stat.t_ci, ci),
+    Column("95% bootstrap CI", lambda stat: stat.boot_ci, ci),
+    Column("seed variance", lambda stat: stat.seed_var, fmt),
+    Column("order variance", lambda stat: stat.order_var, fmt),
 ]
 
 
@@ -365,7 +365,9 @@ def section_results(
         groups,
     )
     doc.h(3, f"Primary metric `{primary}`: intervals and stability")
-    doc.table(INTERVAL_COLUMNS, [s for g in groups if (s := result.stat(g, primary))])
+    doc.table(
+        INTERVAL_COLUMNS, [stat for group in groups if (stat := result.stat(group, primary))]
+    )
     doc.image(
         plots.plot_group_metric(result.group_stats, primary, figs, f"{tag}primary"),
         f"{primary} per group, 95% t intervals",
@@ -379,29 +381,29 @@ def section_results(
     )
     doc.table(
         [Column("group", as_is), *[Column(f"`{m}`", partial(difference, m)) for m in metrics]],
-        [g for g in groups if any(result.comparison(g, m) for m in metrics)],
+        [group for group in groups if any(result.comparison(group, m) for m in metrics)],
     )
     doc.table(
         [
-            Column("group", lambda c: c.group),
-            Column(f"Δ `{primary}`", lambda c: c.diff, fmt),
-            Column("95% Welch CI", lambda c: c.ci, ci),
-            Column("p (Welch, raw)", lambda c: c.p, fmt),
+            Column("group", lambda comparison: comparison.group),
+            Column(f"Δ `{primary}`", lambda comparison: comparison.diff, fmt),
+            Column("95% Welch CI", lambda comparison: comparison.ci, ci),
+            Column("p (Welch, raw)", lambda comparison: comparison.p, fmt),
         ],
-        [c for g in groups if (c := result.comparison(g, primary))],
+        [found for group in groups if (found := result.comparison(group, primary))],
     )
 
 
 def term_columns(fit: FactorialResult) -> list[Column[EffectTerm]]:
     """The factorial terms' table (intervals only where the fit could be tested)."""
     return [
-        Column("term", lambda t: t.term),
-        Column("effect", lambda t: t.estimate, fmt),
-        Column("95% CI", lambda t: ci(t.ci) if fit.testable else "n/a"),
-        Column("F", lambda t: t.F, fmt),
-        Column("p (raw)", lambda t: t.p, fmt),
-        Column(f"p ({fit.correction})", lambda t: t.p_corrected, fmt),
-        Column("partial η²", lambda t: t.partial_eta_sq, fmt),
+        Column("term", lambda term: term.term),
+        Column("effect", lambda term: term.estimate, fmt),
+        Column("95% CI", lambda term: ci(term.ci) if fit.testable else "n/a"),
+        Column("F", lambda term: term.F, fmt),
+        Column("p (raw)", lambda term: term.p, fmt),
+        Column(f"p ({fit.correction})", lambda term: term.p_corrected, fmt),
+        Column("partial η²", lambda term: term.partial_eta_sq, fmt),
     ]
 
 
@@ -463,27 +465,27 @@ def section_effects(
 
 
 GAIN_COLUMNS: list[Column[GainPoint]] = [
-    Column("factor", lambda p: p.factor),
-    Column("level", lambda p: p.level),
-    Column("n", lambda p: p.n),
-    Column("mean", lambda p: p.value, fmt),
-    Column("training FLOPs", lambda p: p.flops, fmt),
-    Column("gain", lambda p: p.gain, fmt),
-    Column("extra FLOPs", lambda p: p.extra_flops, fmt),
-    Column("gain / extra FLOP", lambda p: p.marginal_gain_per_flop, fmt),
+    Column("factor", lambda point: point.factor),
+    Column("level", lambda point: point.level),
+    Column("n", lambda point: point.n),
+    Column("mean", lambda point: point.value, fmt),
+    Column("training FLOPs", lambda point: point.flops, fmt),
+    Column("gain", lambda point: point.gain, fmt),
+    Column("extra FLOPs", lambda point: point.extra_flops, fmt),
+    Column("gain / extra FLOP", lambda point: point.marginal_gain_per_flop, fmt),
 ]
 PERFORMANCE_COLUMNS: list[Column[GroupPerformance]] = [
-    Column("group", lambda p: p.group),
-    *[Column(f"{phase} s", lambda p, phase=phase: p.phase_s[phase], fmt) for phase in PHASES],
-    Column("tokens/s", lambda p: p.tokens_per_s, fmt),
-    Column("MFU", lambda p: p.mfu, fmt),
+    Column("group", lambda perf: perf.group),
+    *[Column(f"{phase} s", lambda perf, phase=phase: perf.phase_s[phase], fmt) for phase in PHASES],
+    Column("tokens/s", lambda perf: perf.tokens_per_s, fmt),
+    Column("MFU", lambda perf: perf.mfu, fmt),
     Column(
         "peak RSS MiB",
-        lambda p: p.peak_rss_bytes / 2**20 if p.peak_rss_bytes else None,
+        lambda perf: perf.peak_rss_bytes / 2**20 if perf.peak_rss_bytes else None,
         fmt,
     ),
-    Column("params", lambda p: p.params_total, fmt),
-    Column("trainable", lambda p: p.params_trainable, fmt),
+    Column("params", lambda perf: perf.params_total, fmt),
+    Column("trainable", lambda perf: perf.params_trainable, fmt),
 ]
 
 
@@ -509,15 +511,15 @@ def section_gains_and_perf(
 
 
 VERDICT_COLUMNS: list[Column[Verdict]] = [
-    Column("id", lambda v: v.id),
-    Column("criterion", lambda v: f"`{v.criterion}`"),
-    Column("verdict", lambda v: v.label),
+    Column("id", lambda verdict: verdict.id),
+    Column("criterion", lambda verdict: f"`{verdict.criterion}`"),
+    Column("verdict", lambda verdict: verdict.label),
     Column(
         "evidence (group means)",
-        lambda v: "; ".join(f"{name} = {fmt(x)}" for name, x in v.evidence.items()),
+        lambda verdict: "; ".join(f"{name} = {fmt(x)}" for name, x in verdict.evidence.items()),
     ),
-    Column("bootstrap support", lambda v: "n/a" if v.support is None else f"{100 * v.support:.0f}%"),
-    Column("note", lambda v: v.note or ""),
+    Column("bootstrap support", lambda verdict: "n/a" if verdict.support is None else f"{100 * verdict.support:.0f}%"),
+    Column("note", lambda verdict: verdict.note or ""),
 ]
 
 
