@@ -232,3 +232,8 @@ def test_cli_report_on_a_groups_design_with_one_run_per_group(tmp_path):
     assert '"budgets"' in result.output and "report.html" in result.output
     bad = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert bad.exit_code == 2 and "not a forgetlab experiment directory" in bad.output
+
+
+def test_a_study_without_probes_has_no_probe_section(synthetic_report):
+    """(tests/experiments/test_probe_study.py shows the section of a study with probes)"""
+    assert "General ability" not in synthetic_report["markdown"].read_text()

@@ -67,3 +67,18 @@ def test_hypotheses_on_probe_forgetting_are_judged(probed_study):
     verdicts = {v["id"]: v for b in analysis["budgets"].values() for v in b["hypotheses"]}
     assert verdicts["P1"]["verdict"] == "pass" and verdicts["P2"]["verdict"] == "pass"
     assert set(verdicts["P1"]["evidence"]) == {"probe_forgetting.replay", "probe_forgetting.naive"}
+
+
+def test_the_report_has_a_probe_section_with_each_groups_forgetting(probed_study):
+    write_report(probed_study)
+    text = (probed_study / "report.md").read_text()
+    assert "General ability: probe domains (never trained on)" in text
+    frame = pd.read_parquet(probed_study / "results.parquet").set_index("group")
+    meta = json.loads((probed_study / "experiment.json").read_text())
+    naive = next(r for r in meta["runs"] if r["group"] == "naive")
+    before = json.loads((probed_study / naive["dir"] / "run.json").read_text())["probes"]["R"]
+    section = text.split("General ability")[1].split("\n#")[0]
+    row = next(line for line in section.splitlines() if line.startswith("| naive"))
+    mean = frame.loc["naive", f"loss.probe_forgetting@{PROBE}"]
+    assert f"{mean:.4g}" in row and f"{before['loss'][0][0]:.4g}" in row  # one run: sd n/a
+

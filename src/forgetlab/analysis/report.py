@@ -394,6 +394,53 @@ def section_results(
     )
 
 
+PROBE_COLUMN = "loss.probe_forgetting"
+
+
+def section_probes(doc: Doc, exp: Experiment, frame: pd.DataFrame, result: BudgetAnalysis) -> None:
+    """General ability (``data.probes``, never trained on): each group's probe loss after the
+    stream minus before it, per probe and mean over the probes, and where the probes started."""
+    prefix = f"{PROBE_COLUMN}@"
+    probes = [c[len(prefix):] for c in frame.columns if c.startswith(prefix)]
+    if not probes:
+        return
+
+    def before(probe: str, group: str) -> str:
+        """Mean over the group's runs of the probe's loss before the stream (R row 0)."""
+        values = []
+        for run_id in frame.loc[frame["group"] == group, "run_id"]:
+            section = (exp.records.get(run_id) or {}).get("probes") or {}
+            if probe in (section.get("domains") or []):
+                values.append(section["R"]["loss"][0][section["domains"].index(probe)])
+        return fmt(sum(values) / len(values)) if values else "n/a"
+
+    def forgetting(metric: str, group: str) -> str:
+        return _mean_sd(result.stat(group, metric))
+
+    doc.h(3, "General ability: probe domains (never trained on)")
+    doc.p(
+        f"Loss on each probe ({', '.join(f'`{p}`' for p in probes)}) after the stream minus "
+        f"before it, mean ± sd over finished runs; > 0 = knowledge the model had before the "
+        f"stream was lost. `{PROBE_COLUMN}` is the mean over the probes (alias "
+        "`probe_forgetting.<group>`); *before* is the probe's loss at row 0."
+    )
+    doc.table(
+        [
+            Column("group", as_is),
+            Column(f"`{PROBE_COLUMN}`", partial(forgetting, PROBE_COLUMN)),
+            *[
+                column
+                for p in probes
+                for column in (
+                    Column(f"`{p}` before", partial(before, p)),
+                    Column(f"`{p}` forgetting", partial(forgetting, f"{prefix}{p}")),
+                )
+            ],
+        ],
+        result.finished_groups,
+    )
+
+
 def term_columns(fit: FactorialResult) -> list[Column[EffectTerm]]:
     """The factorial terms' table (intervals only where the fit could be tested)."""
     return [
@@ -597,6 +644,7 @@ def build(exp: Experiment, analysis: Analysis, figs: Path) -> Doc:
         frame = finished[finished["budget"] == budget]
         doc.h(2, f"Results, budget `{budget}`" if tag else "Results")
         section_results(doc, result, analysis, figs, tag)
+        section_probes(doc, exp, frame, result)
         section_effects(doc, exp, frame, result, analysis, figs, tag)
         section_gains_and_perf(doc, result, analysis, figs, tag)
         doc.image(
