@@ -106,10 +106,14 @@ def plot_interactions(
 
 
 def mean_r(exp: Experiment, run_ids: list[str], kind: str = "loss") -> tuple[np.ndarray, list[str]]:
-    """Mean R matrix of runs sharing the most common domain order, and that order."""
+    """Mean R matrix of runs sharing the most common domain order, and that order.
+
+    A tie goes to the order met first in ``run_ids`` (not to a set's hash order, which changes with
+    ``PYTHONHASHSEED`` and made the heatmap differ between two reports of the same study).
+    """
     recs = [exp.records[r] for r in run_ids if r in exp.records and exp.records[r].get("R")]
     orders = [tuple(r.get("domains") or []) for r in recs]
-    common = max(set(orders), key=orders.count)
+    common = max(dict.fromkeys(orders), key=orders.count)
     mats = [
         np.asarray(r["R"][kind], dtype=float)
         for r, o in zip(recs, orders, strict=True)
