@@ -86,7 +86,7 @@ def test_memory_holds_capacity_rows_of_activation_and_targets(replayed):
 
 
 def record_curves(trainer, stage):
-    return [c for c in trainer.curves if c.get("stage") == stage and "train_loss" in c]
+    return [c for c in trainer.state.curves if c.get("stage") == stage and "train_loss" in c]
 
 
 def test_a_cut_with_no_block_above_is_refused(fixture_data, tmp_path):

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+from forgetlab.analysis.curves import time_to_target
 from forgetlab.config import ConfigError, resolve_run_config
 from forgetlab.models import load_model
 from forgetlab.train import RunDir, Trainer
@@ -179,13 +180,13 @@ def test_time_to_target_is_the_first_evaluation_at_or_below_the_target(fixture_d
                for s, t in enumerate(reached))
 
     # against the curves, for a target between the stage's first and last evaluation
-    curves = pd.DataFrame(trainer.curves).dropna(subset=["val_loss"])
+    curves = pd.DataFrame(trainer.state.curves).dropna(subset=["val_loss"])
     first = curves[curves.stage == 0].sort_values("stage_step")
     target = float(torch.tensor(first.val_loss.tolist()).exp().median())
     expected = next(r for _, r in first.iterrows() if torch.tensor(r.val_loss).exp() <= target)
-    got = trainer._time_to_target(target)[0]
+    got = time_to_target(trainer.state.curves, 2, target)[0]
     assert got["steps"] == expected.stage_step and got["train_s"] == expected.train_s
-    assert trainer._time_to_target(1.0001) == [None, None]  # never reached
+    assert time_to_target(trainer.state.curves, 2, 1.0001) == [None, None]  # never reached
 
     from forgetlab.analysis.columns import flatten_record
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from forgetlab.analysis.curves import mfu
 from forgetlab.config import RunConfig
 from forgetlab.train.device import synchronize
 from forgetlab.train.env import peak_memory_bytes
@@ -58,6 +59,6 @@ def bench_train(cfg: RunConfig, steps: int = 10, warmup: int = 3) -> dict[str, A
             "train_flops_per_token": trainer.flops.train_per_token,
             "achieved_flops_per_s": flops_per_s,
             "peak_flops_per_s": peak,
-            "mfu": flops_per_s / peak if peak else None,
+            "mfu": mfu(flops_per_s, peak),
             "peak_memory": peak_memory_bytes(trainer.device),
         }

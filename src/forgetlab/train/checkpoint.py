@@ -4,12 +4,13 @@ A checkpoint is written into a hidden temp directory and renamed into place, the
 symlink is swapped atomically: a run killed at any moment leaves either the previous checkpoint or
 the new one, never a half-written one.
 
-What depends on the wall clock (phase timings, the start time, the curves with their tokens/s)
-goes to ``wallclock.pt``, so that two identical runs write byte-identical ``model.safetensors``
-and ``trainer.pt``. ``checkpoint.json``, written last, records each file's size and sha256 and the
-run's config hash. A resume checks the newest checkpoint against it (and that every weight and
-optimizer moment is finite) and falls back to the previous one when it is damaged (a flipped
-byte, a truncated file, a disk that filled up), naming what it skipped and why.
+What depends on the wall clock (phase timings, the start time, the curves with their tokens/s:
+the fields :class:`~forgetlab.train.state.RunState` marks) goes to ``wallclock.pt``, so that two
+identical runs write byte-identical ``model.safetensors`` and ``trainer.pt``.
+``checkpoint.json``, written last, records each file's size and sha256 and the run's config
+hash. A resume checks the newest checkpoint against it (and that every weight and optimizer
+moment is finite) and falls back to the previous one when it is damaged (a flipped byte, a
+truncated file, a disk that filled up), naming what it skipped and why.
 """
 
 from __future__ import annotations
@@ -34,13 +35,12 @@ from forgetlab.atomic import (
 from forgetlab.data.fileio import sha256_file
 from forgetlab.models import ModelLoadError, load_model, save_model
 from forgetlab.train.rundir import MODEL_FILE, TRAINER_FILE, RunDir, RunDirError
+from forgetlab.train.state import WALLCLOCK_KEYS
 
 log = logging.getLogger("forgetlab.train")
 
 WALLCLOCK_FILE = "wallclock.pt"
 MANIFEST_FILE = "checkpoint.json"
-WALLCLOCK_KEYS = ("timing", "started", "curves")
-"""Trainer-state keys whose values depend on the wall clock (kept out of trainer.pt)."""
 
 
 def save_checkpoint(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -54,3 +55,32 @@ def shutdown_distributed(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+class DataParallel:
+    """Under torchrun, the module the training step calls: the model in DDP for the parameters
+    that train now (one process: the model itself).
+
+    DDP's reducer fixes its parameter set when it is built and waits for a gradient of each in
+    every backward; a mechanism that freezes weights mid-run (latent_replay's lower blocks, lora's
+    base) would leave it waiting. So :meth:`wrap` re-wraps whenever the set of trainable
+    parameters changed, and trains without DDP when nothing in the model trains (a mechanism that
+    owns the trainable tensors, like lora's adapters, all-reduces them itself)."""
+
+    def __init__(self, info: DistInfo, device: torch.device, compiled: torch.nn.Module) -> None:
+        """``compiled`` is the model (through ``torch.compile`` when the run asks for it)."""
+        self.info, self.device, self.compiled = info, device, compiled
+        self.trainable: tuple[bool, ...] | None = None  # requires_grad the wrap was built for
+        self.module = compiled
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module to train ``model`` through now."""
+        trainable = tuple(p.requires_grad for p in model.parameters())
+        if self.info.enabled and trainable != self.trainable:
+            self.trainable = trainable
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.module = (
+                DistributedDataParallel(self.compiled, device_ids=ids)
+                if any(trainable) else self.compiled
+            )
+        return self.module

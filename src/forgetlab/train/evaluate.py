@@ -8,13 +8,20 @@ the time (docs/sizing.md).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from forgetlab.data import fixed_windows
+
+if TYPE_CHECKING:
+    from forgetlab.config import TrainConfig
+    from forgetlab.data import Stream
+    from forgetlab.data.tokenizers import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -79,3 +86,52 @@ def unigram_baseline(train_counts: np.ndarray, data: EvalSet, vocab_size: int) -
         "bpb": nats / math.log(2) / data.n_bytes,
         "accuracy": float(np.mean(targets == best)),
     }
+
+
+def domain_eval_sets(
+    stream: Stream,
+    token_bytes: np.ndarray,
+    n_windows: int,
+    block_size: int,
+    vocab_size: int,
+    device: torch.device,
+) -> tuple[list[EvalSet], dict[str, dict[str, float]]]:
+    """Fixed validation windows of every domain of ``stream``, and each domain's unigram
+    baseline (by domain name); ``token_bytes`` is the tokenizer's UTF-8 length of each token."""
+    sets: list[EvalSet] = []
+    unigram: dict[str, dict[str, float]] = {}
+    for name in stream.domains:
+        dom = stream[name]
+        x, y = fixed_windows(dom.val, n_windows, block_size)
+        sets.append(make_eval_set(x, y, token_bytes, device))
+        unigram[name] = unigram_baseline(dom.unigram_counts(), sets[-1], vocab_size)
+    return sets, unigram
+
+
+def generation_samples(
+    model: Any,
+    domains: Sequence[str],
+    eval_sets: Sequence[EvalSet],
+    tokenizer: Tokenizer,
+    cfg: TrainConfig,
+    seed: int,
+    autocast: Callable[[], Any],
+    device: torch.device | str,
+) -> list[dict[str, Any]]:
+    """Continuations of real validation prompts, to read what the final model writes.
+
+    Each prompt is the first quarter of a fixed validation window of its domain; sampling
+    draws from a generator on ``device`` seeded by ``seed``, so the samples are reproducible.
+    """
+    gen = torch.Generator(device=device).manual_seed(seed)
+    prompt_len = max(1, model.config.block_size // 4)
+    out = []
+    for name, es in zip(domains, eval_sets, strict=True):
+        rows = torch.linspace(0, es.x.shape[0] - 1, cfg.samples).long()
+        prompts = es.x[rows, :prompt_len]
+        with torch.inference_mode(), autocast():
+            seqs = model.generate(prompts, cfg.sample_tokens, cfg.sample_temperature, 50, gen)
+        for p, seq in zip(prompts.tolist(), seqs[:, prompt_len:].tolist(), strict=True):
+            text = {"prompt": tokenizer.decode(p), "completion": tokenizer.decode(seq)}
+            out.append({"domain": name, **text})
+    return out

@@ -47,6 +47,25 @@ class DivergenceError(RuntimeError):
             f"lower train.lr (now {lr:g}) or set train.grad_clip"
         )
 
+    @classmethod
+    def in_run(cls, what: str, value: float | str, *, done: int, stage: int, domain: str,
+               step: int, checkpoint: Path | None, lr: float, after: bool = False
+               ) -> DivergenceError:
+        """The error for ``what`` going non-finite in the optimizer step now running (``step``,
+        0-based in the stage, after ``done`` steps of the run), or, ``after`` (an evaluation, a
+        weight check), after the last step done (step 0 before training)."""
+        return cls(
+            what,
+            value,
+            step=done if after else done + 1,
+            stage=stage,
+            domain=domain,
+            stage_step=(step + 1 if done else 0) if after else step + 1,
+            checkpoint=checkpoint,
+            lr=lr,
+            when="after" if after else "at",
+        )
+
 
 def run_failure(exc: BaseException) -> tuple[str, dict[str, Any]] | None:
     """(one-line message, run.json ``failure`` fields) for a failure the lab explains itself

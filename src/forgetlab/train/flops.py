@@ -160,6 +160,12 @@ class FlopsAccount:
         out["training_total"] = out["train"] + out["extra_steps"] + out["mechanisms"]
         return out
 
+    def state_dict(self) -> list[dict[str, float]]:
+        return self.stages
+
+    def load_state_dict(self, stages: list[dict[str, float]]) -> None:
+        self.stages = stages
+
     def to_dict(self) -> dict[str, object]:
         return {
             "train_per_token": self.train_per_token,

@@ -70,6 +70,13 @@ class Probes:
     def __bool__(self) -> bool:
         return bool(self.names)
 
+    def state_dict(self) -> dict[str, list[list[float]]]:
+        """What a checkpoint keeps: the probe matrices so far."""
+        return self.R
+
+    def load_state_dict(self, state: dict[str, list[list[float]]]) -> None:
+        self.R = state
+
     def add_row(self, row: dict[str, list[float]]) -> None:
         """Append one evaluation (every kind, one value per probe) as the next R row."""
         for k in KINDS:

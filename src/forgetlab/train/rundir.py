@@ -34,7 +34,7 @@ from typing import Any
 
 import pandas as pd
 
-from forgetlab.atomic import atomic_write, atomic_write_json, is_temp
+from forgetlab.atomic import atomic_write, atomic_write_json, is_temp, remove_stale_temps
 from forgetlab.config import ConfigError, RunConfig
 from forgetlab.locks import LOCK_FILE, DirectoryLock
 
@@ -142,6 +142,25 @@ class RunDir:
     def lock(self, wait: float = 0.0) -> DirectoryLock:
         """The run directory's writer lock (not yet acquired); ``wait``: seconds to retry."""
         return DirectoryLock(self.root, "run directory", wait)
+
+    def claim(self, lock: DirectoryLock, cfg: RunConfig, owner: bool = True) -> bool:
+        """Take ``lock`` (when this process is the ``owner``, e.g. torchrun's rank 0), remove what
+        a killed writer left half-written, and decide whether ``cfg`` resumes here (again, under
+        the lock: the directory may have changed since it was first checked)."""
+        if owner:
+            lock.acquire()
+        try:
+            if lock.held:
+                removed, freed = remove_stale_temps(self.root)
+                if removed:
+                    log.info(
+                        "%s: removed %d temp file(s) a killed run left (%.1f MB)",
+                        self.root, removed, freed / 1e6,
+                    )
+            return self.check_usable(cfg)
+        except BaseException:
+            lock.release()
+            raise
 
     def has_checkpoint(self) -> bool:
         return bool(self.checkpoint_dirs()) or (self.latest / TRAINER_FILE).exists()
