@@ -12,7 +12,7 @@ from forgetlab.mechanisms import Batch, TrainContext, build_mechanisms
 from forgetlab.mechanisms.selective_write import token_scores
 from forgetlab.models import build_model, model_flops_per_token
 from forgetlab.train import Trainer
-from forgetlab.train.trainer import weighted_token_mean
+from forgetlab.train.optim import weighted_token_mean
 
 STEPS = 6
 

@@ -20,7 +20,7 @@ from forgetlab.models.diagnose import diagnose
 from forgetlab.models.memory import product_key_topk
 from forgetlab.models.moe import capacity_assign, cv2_balance_loss, switch_balance_loss, z_loss
 from forgetlab.models.positions import Rotary
-from forgetlab.train.trainer import build_optimizer
+from forgetlab.train.optim import build_optimizer
 
 VOCAB = 97
 

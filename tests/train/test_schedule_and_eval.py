@@ -9,8 +9,8 @@ import torch
 from forgetlab.config import TrainConfig
 from forgetlab.train.evaluate import EvalSet, evaluate, make_eval_set, unigram_baseline
 from forgetlab.train.flops import FlopsAccount
-from forgetlab.train.schedule import lr_at
-from forgetlab.train.trainer import weighted_token_mean
+from forgetlab.train.optim import weighted_token_mean
+from forgetlab.train.schedule import checkpoint_due, eval_due, log_due, lr_at
 
 
 def test_warmup_is_linear_and_cosine_ends_at_min_lr():
@@ -27,6 +27,16 @@ def test_rewarm_restarts_each_stage_and_single_schedule_does_not():
     assert lr_at(cfg, 2, 0, 3) == lr_at(cfg, 0, 0, 3)
     single = TrainConfig(steps_per_stage=50, warmup_steps=5, rewarm=False)
     assert lr_at(single, 2, 0, 3) < lr_at(single, 1, 0, 3) < single.lr
+
+
+def test_in_stage_points_leave_the_stage_end_to_the_stage_end():
+    cfg = TrainConfig(steps_per_stage=6, log_every=4, eval_every=3, checkpoint_every=2)
+    assert [d for d in range(1, 7) if log_due(cfg, d)] == [4, 6]  # the last step is always logged
+    assert [d for d in range(1, 7) if eval_due(cfg, d)] == [3]  # 6 is the stage end's evaluation
+    # checkpoint_every counts global steps: in stage 2 (global step = 6 + done) at 2 and 4 of 6
+    assert [d for d in range(1, 7) if checkpoint_due(cfg, 6 + d, d)] == [2, 4]
+    off = TrainConfig(steps_per_stage=6)
+    assert not any(eval_due(off, d) or checkpoint_due(off, d, d) for d in range(1, 7))
 
 
 def test_weighted_mean_ignores_gated_out_tokens():

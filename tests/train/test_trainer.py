@@ -234,7 +234,7 @@ def test_a_mechanisms_batch_making_is_timed_as_mechanisms_not_data(fixture_data,
     """Selective write scores every micro-batch with a forward pass inside make_batch: that time
     belongs to the mechanism (phase "mechanisms"), not to loading data."""
     from forgetlab.mechanisms.selective_write import SelectiveWrite
-    from forgetlab.train.trainer import PhaseTimer
+    from forgetlab.train.timing import PhaseTimer
 
     events: list[str] = []
     add, make_batch = PhaseTimer.add, SelectiveWrite.make_batch

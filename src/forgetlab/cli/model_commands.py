@@ -198,7 +198,7 @@ def diagnose_command(
 
     Exits 1 when any check fails, naming the tensor at fault.
     """
-    from forgetlab.train.trainer import build_optimizer
+    from forgetlab.train.optim import build_optimizer
 
     with user_errors():
         model = model_for_target(target, vocab_size, overrides or [])

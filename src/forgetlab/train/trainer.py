@@ -56,8 +56,6 @@ from forgetlab.train.schedule import checkpoint_due, eval_due, log_due, lr_at
 from forgetlab.train.state import Cursor, MechanismStates, RunRandomness, RunState
 from forgetlab.train.timing import PhaseTimer, TokenRate
 
-__all__ = ["PhaseTimer", "Trainer", "build_optimizer", "weighted_token_mean"]
-
 log = logging.getLogger("forgetlab.train")
 
 
