@@ -30,7 +30,7 @@ def bare_step(trainer: Trainer) -> None:
     cfg = trainer.cfg.train
     domain = trainer.stream[trainer.stream.domains[0]]
     x, y = sample_windows(
-        domain.train, trainer.data_rng, cfg.batch_size, trainer.model_cfg.block_size
+        domain.train, trainer.state.rng.data, cfg.batch_size, trainer.model_cfg.block_size
     )
     with trainer.autocast():
         logits = trainer.train_model(x)
