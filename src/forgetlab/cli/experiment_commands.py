@@ -84,6 +84,30 @@ GPU_COLUMNS: list[Column[dict[str, Any]]] = [
     Column("GPU-hours 6ND", lambda gpu: gpu["gpu_hours_6nd"], amount, "right"),
     Column("cost $ 6ND", lambda gpu: gpu["cost_6nd"], amount, "right"),
 ]
+CACHED = {True: "yes (0 s)", False: "no", None: "unknown (data not prepared)"}
+BASE_COLUMNS: list[Column[dict[str, Any]]] = [
+    Column("domains", lambda base: ", ".join(base["domains"])),
+    Column("steps", lambda base: base["steps"], justify="right"),
+    Column("runs", lambda base: base["runs"], justify="right"),
+    Column("tokens", lambda base: base["train_tokens"], _fmt, "right"),
+    Column("FLOPs", lambda base: base["flops_training"], _fmt, "right"),
+    Column("6ND", lambda base: base["flops_6nd"], _fmt, "right"),
+    Column("wall here", lambda base: f"{amount(base['wall_s'])} s", justify="right"),
+    Column("cached", lambda base: CACHED[base["cached"]], justify="right"),
+]
+
+
+def print_base_models(bases: list[dict[str, Any]]) -> None:
+    """The bases a study pretrains before its runs, each costed once (not in the run totals)."""
+    if not bases:
+        return
+    gpus = [
+        Column(f"{name} s / $", lambda base, i=i: base["gpus"][i],
+               lambda g: f"{amount(g['seconds'])} / {amount(g['cost'])}", "right")
+        for i, name in enumerate(g["name"] for g in bases[0]["gpus"])
+    ]
+    title = "base models (trained once before the runs, shared; not in the run totals)"
+    console.print(rich_table([*BASE_COLUMNS, *gpus], bases, title=title))
 
 
 def print_plan(plan: dict[str, Any]) -> None:
@@ -97,6 +121,7 @@ def print_plan(plan: dict[str, Any]) -> None:
         by_cell.setdefault((run["group"], run["budget"]), []).append(run)
     cells = [(group, budget, runs) for (group, budget), runs in by_cell.items()]
     console.print(rich_table(CELL_COLUMNS, cells, title="runs per group and budget"))
+    print_base_models(plan.get("base_models") or [])
     totals = plan["totals"]
     throughput = plan["throughput"]
     console.print(

@@ -11,6 +11,7 @@ from forgetlab.config.loading import (
 from forgetlab.config.presets import PRESETS, Preset, get_preset
 from forgetlab.config.schema import (
     STREAM_DOMAINS,
+    BaseModelConfig,
     DataConfig,
     InitConfig,
     MechanismConfig,
@@ -23,6 +24,7 @@ from forgetlab.config.schema import (
 __all__ = [
     "PRESETS",
     "STREAM_DOMAINS",
+    "BaseModelConfig",
     "ConfigError",
     "DataConfig",
     "ForgetlabError",

@@ -93,7 +93,7 @@ def resolve_run_config(raw: dict[str, Any], overrides: list[str] | None = None) 
             origins["data.tokenizer"] = f"preset {preset.name!r}"
         model = {**preset.model, **model}
         data.setdefault("tokenizer", preset.tokenizer)
-    if model.get("init") is not None:
+    if model.get("init") is not None and merged.get("base_model") is None:  # both: refused below
         # model.init: the checkpoint's shape and tokenizer are part of the config, so this is
         # where config resolution reads files beyond the spec (forgetlab.models.init)
         from forgetlab.models.init import resolve_init

@@ -292,6 +292,44 @@ class TrainConfig(_Strict):
         return self
 
 
+class BaseModelConfig(_Strict):
+    """``[base_model]``: a model pretrained on general text before the stream, trained once and
+    shared by every run (and every later study) that declares the same one.
+
+    The base has the run's model shape (``[model]``) and tokenizer; these keys say what it is
+    trained on and how. Its weights are stored under the data cache, keyed by everything that
+    decides them (``forgetlab.train.base_model``), and the run starts from them: row 0 of R scores
+    the base. The run's own ``[train]`` settings do not apply to the base, so a study that varies
+    the stream's learning rate still shares one base.
+    """
+
+    domains: list[str] = Field(min_length=1, description="what the base reads: one or several")
+    steps: int = Field(ge=1, description="optimizer steps of pretraining")
+    batch_size: int = Field(16, ge=1, description="sequences per micro-batch")
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    min_lr: float = Field(1e-4, ge=0)
+    warmup_steps: int = Field(20, ge=0, description="linear warmup, then cosine decay to min_lr")
+    weight_decay: float = Field(0.1, ge=0)
+    grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
+    seed: int = Field(0, description="the base's own seed: runs of every seed share one base")
+
+    @model_validator(mode="after")
+    def _check(self) -> BaseModelConfig:
+        seen = sorted({d for d in self.domains if self.domains.count(d) > 1})
+        if seen:
+            raise ValueError(f"base_model.domains = {self.domains} lists {seen} twice")
+        if self.min_lr > self.lr:
+            raise ValueError(f"base_model.min_lr = {self.min_lr} is above base_model.lr = {self.lr}")
+        if self.warmup_steps > self.steps:
+            raise ValueError(
+                f"base_model.warmup_steps = {self.warmup_steps} is larger than base_model.steps = "
+                f"{self.steps}: the learning rate would never reach base_model.lr; allowed: "
+                f"0..{self.steps}"
+            )
+        return self
+
+
 class MechanismConfig(BaseModel):
     """One ``[[mechanisms]]`` entry: a registered name plus its knobs (validated by the registry)."""
 
@@ -313,6 +351,18 @@ class RunConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     mechanisms: list[MechanismConfig] = Field(default_factory=list)
+    base_model: BaseModelConfig | None = Field(
+        None, description="pretrain this base first (once, cached) and start the run from it"
+    )
+
+    @model_validator(mode="after")
+    def _one_start(self) -> RunConfig:
+        if self.base_model is not None and self.model.init is not None:
+            raise ValueError(
+                f"model.init = {self.model.init.path!r} and [base_model] both name the weights "
+                "the run starts from; keep one of them"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_schedule(self) -> RunConfig:

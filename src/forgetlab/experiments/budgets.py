@@ -127,6 +127,7 @@ def calibrate(cfg: RunConfig, steps: int = 4) -> FlopsModel:
     small = cfg.model_copy(deep=True)
     small.data.val_batches = 1  # evaluation sets are built at setup; they cost no training FLOPs
     small.data.probes = []  # nor do probes, which are only evaluated
+    small.base_model = None  # FLOPs do not depend on the weights a run starts from
     per_step, per_stage = [], []
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(small, Path(tmp) / "calibration", progress=False)

@@ -124,9 +124,16 @@ def reference_group(spec: ExperimentSpec, groups: list[Group]) -> Group:
     )
 
 
+def base_raw(spec: ExperimentSpec) -> dict[str, Any]:
+    """The spec's ``[base]`` config, with its ``[base_model]`` table when it declares one."""
+    if spec.base_model is None:
+        return dict(spec.base)
+    return deep_merge({"base_model": spec.base_model}, spec.base)
+
+
 def group_raw(spec: ExperimentSpec, group: Group) -> dict[str, Any]:
     """The base config with the group's level patches merged on, in factor order."""
-    raw = dict(spec.base)
+    raw = base_raw(spec)
     for patch in group.patches:
         raw = deep_merge(raw, patch)
     return raw
@@ -157,7 +164,7 @@ def named_orders(spec: ExperimentSpec) -> dict[str, list[str]]:
     """The spec's domain orders; without any, the base config's domains as order ``default``."""
     if spec.orders:
         return dict(spec.orders)
-    cfg = resolve_run_config(apply_overrides(dict(spec.base), spec.overrides))
+    cfg = resolve_run_config(apply_overrides(base_raw(spec), spec.overrides))
     return {"default": list(cfg.data.domains)}
 
 

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from forgetlab.config import ConfigError
 from forgetlab.experiments.worker import PARENT_ENV
@@ -48,11 +48,23 @@ class RunTask:
     run_id: str
     config: dict[str, Any]  # the resolved RunConfig, as JSON
     run_dir: str
+    lock_wait: float = 0.0
+    """Seconds the worker waits for another process writing run_dir (a base model another study
+    may be training: the worker waits and then finds it finished); 0 refuses at once."""
 
 
 Outcome = dict[str, Any]  # {"status": "finished" | "failed", "error": str | None, "seconds": float}
 OnStart = Callable[[RunTask], None]
 OnDone = Callable[[RunTask, Outcome], None]
+
+
+class Executor(Protocol):
+    """What the runner drives: ``workers`` runs at a time, each task's outcome reported."""
+
+    name: str
+    workers: int
+
+    def run(self, tasks: list[RunTask], on_start: OnStart, on_done: OnDone) -> None: ...
 
 
 def cuda_devices() -> list[str]:
@@ -101,7 +113,7 @@ class LocalExecutor:
             slot = slots.get()
             try:
                 on_start(task)
-                refused = held_elsewhere(task, self.lock_wait)
+                refused = None if task.lock_wait else held_elsewhere(task, self.lock_wait)
                 on_done(task, refused or self._subprocess(task, slot))
             finally:
                 slots.put(slot)
@@ -136,6 +148,8 @@ class LocalExecutor:
             str(result),
             "--nproc",  # data-parallel: one rank per device (gloo ranks on the CPU)
             str(self.per_run),
+            "--lock-wait",
+            str(task.lock_wait),
         ]
         t0 = time.perf_counter()
         with log.open("a") as f:
@@ -266,13 +280,13 @@ class RayExecutor:
         try:
             # "running" under Ray means submitted: the cluster queues what it cannot place yet
             for t in tasks:
-                if (refused := held_elsewhere(t, 0.0)) is not None:
+                if not t.lock_wait and (refused := held_elsewhere(t, 0.0)) is not None:
                     on_start(t)
                     on_done(t, refused)
                     continue
                 cpus = self.cpus_for(t)
                 ref = remote.options(num_cpus=cpus, num_gpus=self.num_gpus).remote(
-                    t.config, t.run_dir, cpus
+                    t.config, t.run_dir, cpus, t.lock_wait
                 )
                 pending[ref] = (t, time.perf_counter())
                 on_start(t)

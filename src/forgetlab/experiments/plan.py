@@ -22,6 +22,7 @@ from typing import Any
 from forgetlab.config import RunConfig
 from forgetlab.experiments.budgets import (
     FlopsFn,
+    analytic_model,
     calibration_window,
     flops_function,
     group_flops,
@@ -32,6 +33,7 @@ from forgetlab.experiments.budgets import (
 )
 from forgetlab.experiments.design import expand, same_shape_configs
 from forgetlab.experiments.spec import GPU, ExperimentSpec
+from forgetlab.train.rundir import config_hash
 
 log = logging.getLogger("forgetlab.experiments")
 BENCH_MAX_STEP_S = 2.0  # benchmark only when one step is estimated below this
@@ -172,9 +174,8 @@ def build_plan(
         matched = match_steps(
             fns, reference, ref_cfg.train.steps_per_stage, spec.matched_flops.tolerance
         )
-    runs = [
-        _estimate(r.record(), r.config, fns[r.group], throughput) for r in expand(spec, matched)
-    ]
+    expand_runs = expand(spec, matched)
+    runs = [_estimate(r.record(), r.config, fns[r.group], throughput) for r in expand_runs]
     distinct = list({r["run_id"]: r for r in runs}.values())
     keys = ("train_tokens", "flops_6nd", "flops_training", "flops_eval", "wall_s")
     totals = {k: sum(r[k] for r in distinct) for k in keys}
@@ -194,6 +195,7 @@ def build_plan(
                 "cost_6nd": doc["cost"],
             }
         )
+    bases = base_estimates([r.config for r in expand_runs], spec.plan.gpus, throughput)
     return {
         "name": spec.name,
         "scale": scale,
@@ -208,7 +210,54 @@ def build_plan(
         "gpus": gpus,
         "flops_by_group": found,
         "matched_steps": matched,
+        "base_models": bases,
     }
+
+
+def base_estimates(
+    configs: list[RunConfig], gpus: list[GPU], throughput: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Each distinct ``[base_model]`` the runs declare, with its cost counted once: tokens,
+    FLOPs, wall time here and on the reference GPUs, how many distinct runs start from it, and
+    whether this cache holds it trained already (``cached``; None when its data is not
+    prepared, so the key cannot be known yet)."""
+    from forgetlab.train.base_model import base_run_config, declaration_hash
+
+    found: dict[str, dict[str, Any]] = {}
+    users: dict[str, set[str]] = {}
+    for cfg in configs:
+        if cfg.base_model is None:
+            continue
+        declared = declaration_hash(cfg)
+        users.setdefault(declared, set()).add(config_hash(cfg))
+        if declared in found:
+            continue
+        base = base_run_config(cfg)
+        steps = base.train.steps_per_stage
+        est = _estimate({}, base, analytic_model(base).total, throughput)
+        found[declared] = {
+            "declaration": declared,
+            "domains": list(base.data.domains),
+            "steps": steps,
+            **{k: est[k] for k in ("parameters", "train_tokens", "flops_6nd", "flops_training",
+                                   "flops_eval", "wall_s")},
+            "gpus": [
+                {"name": g.name, **gpu_cost(est["flops_training"] + est["flops_eval"], g)}
+                for g in gpus
+            ],
+            "cached": _cached(cfg),
+        }
+    return [{**b, "runs": len(users[k])} for k, b in found.items()]
+
+
+def _cached(cfg: RunConfig) -> bool | None:
+    from forgetlab.data import DataError
+    from forgetlab.train.base_model import locate
+
+    try:
+        return locate(cfg).status() == "finished"
+    except DataError:
+        return None
 
 
 def _estimate(

@@ -27,7 +27,7 @@ from forgetlab.atomic import remove_stale_temps
 from forgetlab.config import ConfigError, RunConfig
 from forgetlab.experiments.budgets import calibration_window, group_flops, match_steps
 from forgetlab.experiments.design import PlannedRun, expand, same_shape_configs
-from forgetlab.experiments.executors import RunTask, make_executor
+from forgetlab.experiments.executors import Executor, RunTask, make_executor
 from forgetlab.experiments.plan import run_flops
 from forgetlab.experiments.spec import ExperimentSpec, load_spec
 from forgetlab.experiments.store import ExperimentStore
@@ -57,6 +57,59 @@ def ensure_data(configs: list[RunConfig], progress: bool) -> None:
             prepare_run(data, progress=progress)
 
 
+def ensure_bases(
+    configs: list[RunConfig], ex: Executor, quiet: bool = False
+) -> list[dict[str, Any]]:
+    """Train every distinct ``[base_model]`` the runs declare, once each, through the study's
+    executor (a local worker process, a Ray task or a Slurm job), before any run is dispatched;
+    return the bases' records (key, path, domains, steps, sha256). A base that is cached is only
+    checked; one that another study trains now is waited for (its worker waits for the base's
+    run-directory lock, then finds it finished). Their data must be prepared (:func:`ensure_data`).
+    A base that fails, or whose stored weights are damaged, stops the study here: every run
+    that declares it would start from it."""
+    from forgetlab.train.base_model import WAIT_FOREVER, BaseModelError, locate, verified_init
+
+    bases = {}
+    for cfg in configs:
+        if cfg.base_model is not None:
+            base = locate(cfg)
+            bases.setdefault(base.key, base)
+    todo = [b for b in bases.values() if b.status() != "finished"]
+    tasks = []
+    for b in todo:
+        b.root.mkdir(parents=True, exist_ok=True)
+        b.write_description()
+        log.info("base model %s: training on %s for %d steps", b.key, b.domains,
+                 b.config.train.steps_per_stage)
+        tasks.append(RunTask(f"base-{b.key}", b.config.model_dump(mode="json"),
+                             str(b.run_dir.root), lock_wait=WAIT_FOREVER))
+    failed: dict[str, str] = {}
+    if tasks:
+        tracker = Tracker(len(tasks), ex.workers, quiet, what="base models")
+
+        def on_done(task: RunTask, outcome: dict[str, Any]) -> None:
+            if outcome["status"] != "finished":
+                failed[task.run_id] = (outcome.get("error") or "unknown error").splitlines()[0]
+            tracker.finish(task, outcome)
+
+        with tracker.progress:
+            ex.run(tasks, tracker.start, on_done)
+    if failed:
+        run_id, error = next(iter(failed.items()))
+        raise BaseModelError(
+            f"{run_id} failed, so no run that declares it can start: {error} (its run "
+            f"directory: {bases[run_id.removeprefix('base-')].run_dir.root})"
+        )
+    return [b.record(verified_init(b).sha256) for b in bases.values()]
+
+
+def base_configs(configs: list[RunConfig]) -> list[RunConfig]:
+    """The run configs that train the bases ``configs`` declare (for :func:`ensure_data`)."""
+    from forgetlab.train.base_model import base_run_config
+
+    return [base_run_config(c) for c in configs if c.base_model is not None]
+
+
 def matched_steps(spec: ExperimentSpec, store: ExperimentStore) -> dict[str, int] | None:
     if "matched_flops" not in spec.budgets:
         return None
@@ -71,8 +124,9 @@ def matched_steps(spec: ExperimentSpec, store: ExperimentStore) -> dict[str, int
 class Tracker:
     """Counts done / running / failed and an ETA from the runs finished in this invocation."""
 
-    def __init__(self, total: int, slots: int, quiet: bool) -> None:
+    def __init__(self, total: int, slots: int, quiet: bool, what: str = "runs") -> None:
         self.total, self.slots, self.lock = total, slots, threading.Lock()
+        self.what = what
         self.done = self.failed = self.running = 0
         self.seconds: list[float] = []
         self.progress = Progress(
@@ -93,7 +147,8 @@ class Tracker:
             eta = f"{mean * remaining / max(1, min(self.slots, remaining)):,.0f}s"
         elif not remaining:
             eta = "0s"
-        return f"done {self.done} · running {self.running} · failed {self.failed} · ETA {eta}"
+        what = "" if self.what == "runs" else f"{self.what}: "
+        return f"{what}done {self.done} · running {self.running} · failed {self.failed} · ETA {eta}"
 
     def start(self, task: RunTask) -> None:
         with self.lock:
@@ -164,11 +219,15 @@ def run_experiment(
         if removed:
             log.info("%s: removed %d temp file(s) a killed study left (%.1f MB)",
                      store.root, removed, freed / 1e6)
-        ensure_data(list(configs.values()), progress=not quiet)
+        # a base does not depend on the stream's seeds, orders or budgets: one config per group
+        # names every base
+        group_configs = list(configs.values())
+        ensure_data([*group_configs, *base_configs(group_configs)], progress=not quiet)
+        bases = ensure_bases(group_configs, ex, quiet)
         if planned is None:
             planned = expand(spec, matched_steps(spec, store))
         doc = store.begin(
-            _fields(raw, spec, scale, reference, planned),
+            {**_fields(raw, spec, scale, reference, planned), "base_models": bases},
             argv or sys.argv,
             _env(executor, ex.workers),
         )

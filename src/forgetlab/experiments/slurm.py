@@ -90,10 +90,12 @@ class SlurmRun:
     """The callable each array task runs. Checkpointable: on a time limit submitit requeues it
     with the same arguments, and the run resumes from its last checkpoint."""
 
-    def __call__(self, config: dict[str, Any], run_dir: str, threads: int) -> Outcome:
+    def __call__(
+        self, config: dict[str, Any], run_dir: str, threads: int, lock_wait: float = 0.0
+    ) -> Outcome:
         from forgetlab.experiments.worker import run_one
 
-        return run_one(config, run_dir, threads)
+        return run_one(config, run_dir, threads, lock_wait)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         import submitit
@@ -198,6 +200,7 @@ class SlurmExecutor:
                 [t.config for t in fresh],
                 [t.run_dir for t in fresh],
                 [cpus] * len(fresh),
+                [t.lock_wait for t in fresh],
             )
             jobs.update({t.run_id: (t, j) for t, j in zip(fresh, submitted, strict=True)})
             log.info(

@@ -160,6 +160,11 @@ class ExperimentSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
     base: Patch = Field(default_factory=dict)
+    base_model: Patch | None = Field(
+        None,
+        description="[base_model] of every run: a base pretrained once and shared (a level may "
+        "patch it, e.g. base_model.steps, to compare bases)",
+    )
     factors: dict[str, dict[str, Patch]] = Field(default_factory=dict)
     groups: dict[str, Patch] = Field(default_factory=dict)
     design: Design = Field(default_factory=Design)

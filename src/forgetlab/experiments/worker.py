@@ -22,21 +22,23 @@ import traceback
 from typing import Any
 
 
-def run_one(config: dict[str, Any], run_dir: str, threads: int | None = None) -> dict[str, Any]:
-    """Train (or resume) one run; never raises for a failed run, it returns the outcome."""
+def run_one(
+    config: dict[str, Any], run_dir: str, threads: int | None = None, lock_wait: float = 0.0
+) -> dict[str, Any]:
+    """Train (or resume) one run; never raises for a failed run, it returns the outcome.
+    ``lock_wait``: seconds to wait for another process writing ``run_dir`` (a shared base)."""
     t0 = time.perf_counter()
     try:
         import torch
 
         from forgetlab.config import RunConfig
-        from forgetlab.train import RunDir, Trainer
+        from forgetlab.train.launch import train_once
 
         if threads:
             torch.set_num_threads(threads)
         cfg = RunConfig.model_validate(config)
-        if RunDir(run_dir).status() == "finished":
+        if not train_once(cfg, run_dir, progress=False, lock_wait=lock_wait):
             return {"status": "finished", "error": None, "seconds": 0.0, "skipped": True}
-        Trainer(cfg, run_dir, progress=False).run()
         return {"status": "finished", "error": None, "seconds": time.perf_counter() - t0}
     except Exception as e:
         error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"
@@ -95,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--result", required=True, help="where the outcome JSON is written")
     parser.add_argument("--nproc", type=int, default=1, help="ranks (torchrun) for this run")
+    parser.add_argument(
+        "--lock-wait", type=float, default=0.0, help="seconds to wait for another writer (inf)"
+    )
     args = parser.parse_args(argv)
     die_with_parent()
     # the pid in every line: one run directory's log must show one writer at a time
@@ -107,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         return launch_ranks(args.nproc, rest[:i] + rest[i + 2 :])
     with open(args.config) as f:
         config = json.load(f)
-    outcome = run_one(config, args.out, args.threads)
+    outcome = run_one(config, args.out, args.threads, args.lock_wait)
     from forgetlab.atomic import atomic_write_json
 
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun rank 0 reports for the group

@@ -21,6 +21,7 @@ from forgetlab.train.trainer import Trainer
 
 def bench_train(cfg: RunConfig, steps: int = 10, warmup: int = 3) -> dict[str, Any]:
     """Median time of ``steps`` optimizer steps after ``warmup`` (compile, allocator, caches)."""
+    cfg = cfg.model_copy(update={"base_model": None})  # speed does not depend on the start weights
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, Path(tmp) / "bench", progress=False)
         trainer._setup()

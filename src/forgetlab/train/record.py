@@ -111,6 +111,7 @@ def run_record(
     device: torch.device,
     probes: Probes,
     loggers: dict[str, Any],
+    base_model: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The run.json document: R rows so far; the CL metrics, convergence and time to target once
     every stage is evaluated; FLOPs, tokens, timing with throughput and MFU, memory, environment."""
@@ -145,6 +146,7 @@ def run_record(
         "domains": domains,
         "tokenizer": stream.tokenizer.name,
         "tokenizer_sha256": stream.tokenizer.sha256,  # checked by runs that init from it
+        **({"base_model": base_model} if base_model else {}),  # what [base_model] started from
         "R": state.R,
         "unigram": {k: [unigram[d][k] for d in domains] for k in METRIC_KINDS},
         **({"probes": probes.record(len(domains))} if probes else {}),

@@ -36,6 +36,7 @@ from forgetlab.data import Stream, open_stream, sample_windows
 from forgetlab.mechanisms import Batch, StepOutput, TrainContext, build_mechanisms
 from forgetlab.models import GPT, model_flops_per_token
 from forgetlab.models.init import build_run_model
+from forgetlab.train.base_model import start_model
 from forgetlab.train.checkpoint import first_non_finite, load_checkpoint, save_checkpoint
 from forgetlab.train.device import autocast_factory, resolve_device, resolve_precision
 from forgetlab.train.distributed import (
@@ -152,7 +153,8 @@ class Trainer:
         """The model (``model.init``'s weights unless resuming), compiled, wrapped, optimized."""
         tok = self.stream.tokenizer
         vocab = self._vocab_size(tok.vocab_size)
-        self.model = build_run_model(self.cfg.model, vocab, tok, not self.resume).to(self.device)
+        start, self.base_record = start_model(self.cfg, self.resume)  # [base_model]: its init
+        self.model = build_run_model(start, vocab, tok, not self.resume).to(self.device)
         self.model_cfg = self.model.config
         compiled = torch.compile(self.model) if self.cfg.train.compile else self.model
         self.ddp = DataParallel(self.dist, self.device, compiled)
@@ -364,7 +366,7 @@ class Trainer:
             precision=self.precision, unigram=self.unigram,
             eval_tokens=[es.n_tokens for es in self.eval_sets], peak=self.peak,
             devices=self.dist.world_size, device=self.device, probes=self.probes,
-            loggers=self.loggers.report(),
+            loggers=self.loggers.report(), base_model=self.base_record,
         )
 
     def _write_run_json(self, record: dict[str, Any]) -> None:
