@@ -1,0 +1,94 @@
+"""A study with ``[base_model]``: the base is trained once, before the runs, through the study's
+executor; every run starts from it; a later study that declares the same base reuses it; the plan
+costs it once; a damaged cached base stops the study before any run starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from forgetlab.experiments import ExperimentStore, build_plan, load_spec, run_experiment
+from forgetlab.train.base_model import BASES, BaseModelError
+from forgetlab.train.rundir import MODEL_FILE, RunDir
+
+BASE_MODEL = {"domains": ["dialogue"], "steps": 4, "batch_size": 4, "warmup_steps": 1, "seed": 201}
+
+
+def study(micro_base, name: str) -> dict:
+    return {
+        "name": name,
+        "base": micro_base(domains=2, steps=2),
+        "base_model": dict(BASE_MODEL),
+        "factors": {"LR": {"lo": {}, "hi": {"train": {"lr": 3e-3}}}},
+        "seeds": [0],
+    }
+
+
+@pytest.fixture(scope="module")
+def first_study(micro_base, tmp_path_factory):
+    raw = study(micro_base, "based")
+    out = tmp_path_factory.mktemp("study") / "exp"
+    summary = run_experiment(raw, out, workers=2, quiet=True, argv=["forgetlab", "run"])
+    return raw, out, summary
+
+
+def bases_of(out) -> list[dict]:
+    return ExperimentStore(out).read()["base_models"]
+
+
+def test_the_base_is_trained_once_and_every_run_starts_from_it(first_study, fixture_data):
+    _, out, summary = first_study
+    assert summary["finished"] == summary["distinct"] == 2
+    [base] = bases_of(out)
+    assert base["domains"] == ["dialogue"] and base["steps"] == 4
+    assert (Path(fixture_data.cache_dir) / BASES / base["key"] / "run").is_dir()
+    records = [RunDir(p).read() for p in sorted((out / "runs").iterdir())]
+    assert all(r["base_model"] == base for r in records)
+    assert records[0]["R"]["loss"][0] == records[1]["R"]["loss"][0]  # the same start
+    # the base ran as a task of the study's executor: its log sits beside the runs' logs
+    assert (out / "logs" / f"base-{base['key']}.log").is_file()
+
+
+def test_a_later_study_reuses_the_base(first_study, micro_base, tmp_path):
+    _, out, _ = first_study
+    [base] = bases_of(out)
+    finished = (RunDir(base["path"]).run_json).stat().st_mtime_ns
+    raw = study(micro_base, "again")
+    raw["factors"] = {"LR": {"mid": {"train": {"lr": 2e-3}}}}
+    run_experiment(raw, tmp_path / "again", quiet=True, argv=["forgetlab", "run"])
+    assert bases_of(tmp_path / "again") == [base]
+    assert not (tmp_path / "again" / "logs" / f"base-{base['key']}.log").exists()  # not run
+    assert RunDir(base["path"]).run_json.stat().st_mtime_ns == finished
+
+
+def test_the_plan_costs_the_base_once(first_study, micro_base):
+    raw = study(micro_base, "planned")
+    raw["seeds"] = [0, 1]
+    spec, scale = load_spec(raw)
+    plan = build_plan(spec, scale, bench=False)
+    [base] = plan["base_models"]
+    assert base["runs"] == 4 and base["cached"] is True  # trained by the first study
+    assert base["train_tokens"] == 4 * 4 * 64  # steps x batch x block (micro)
+    assert base["flops_training"] > 0 and base["gpus"][0]["seconds"] > 0
+    fresh = study(micro_base, "fresh")
+    fresh["base_model"]["seed"] = 202
+    plan = build_plan(*load_spec(fresh), bench=False)
+    assert [b["cached"] for b in plan["base_models"]] == [False]
+
+
+def test_a_damaged_cached_base_stops_the_study_before_any_run(first_study, micro_base, tmp_path):
+    raw = study(micro_base, "damaged")
+    raw["base_model"]["seed"] = 203
+    raw["factors"] = {"LR": {"lo": {}}}
+    raw["base_model"]["steps"] = 2
+    run_experiment(raw, tmp_path / "ok", quiet=True, argv=["forgetlab", "run"])
+    [base] = bases_of(tmp_path / "ok")
+    weights = RunDir(base["path"]).latest / MODEL_FILE
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    raw["factors"] = {"LR": {"hi": {"train": {"lr": 3e-3}}}}
+    with pytest.raises(BaseModelError, match="does not match the sha256"):
+        run_experiment(raw, tmp_path / "damaged", quiet=True, argv=["forgetlab", "run"])
+    assert not (tmp_path / "damaged" / "runs").exists()
