@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cluster_studies import write_study
 
 from forgetlab.experiments import ExperimentStore, build_plan, load_spec, run_experiment
 from forgetlab.train.base_model import BASES, BaseModelError
@@ -78,17 +79,41 @@ def test_the_plan_costs_the_base_once(first_study, micro_base):
 
 
 def test_a_damaged_cached_base_stops_the_study_before_any_run(first_study, micro_base, tmp_path):
-    raw = study(micro_base, "damaged")
-    raw["base_model"]["seed"] = 203
-    raw["factors"] = {"LR": {"lo": {}}}
-    raw["base_model"]["steps"] = 2
-    run_experiment(raw, tmp_path / "ok", quiet=True, argv=["forgetlab", "run"])
-    [base] = bases_of(tmp_path / "ok")
+    _, out, _ = first_study
+    [base] = bases_of(out)
     weights = RunDir(base["path"]).latest / MODEL_FILE
-    data = bytearray(weights.read_bytes())
-    data[-1] ^= 0x01
-    weights.write_bytes(bytes(data))
-    raw["factors"] = {"LR": {"hi": {"train": {"lr": 3e-3}}}}
-    with pytest.raises(BaseModelError, match="does not match the sha256"):
-        run_experiment(raw, tmp_path / "damaged", quiet=True, argv=["forgetlab", "run"])
+    intact = weights.read_bytes()
+    damaged = bytearray(intact)
+    damaged[-1] ^= 0x01
+    raw = study(micro_base, "damaged")
+    try:
+        weights.write_bytes(bytes(damaged))
+        with pytest.raises(BaseModelError, match="does not match the sha256"):
+            run_experiment(raw, tmp_path / "damaged", quiet=True, argv=["forgetlab", "run"])
+    finally:
+        weights.write_bytes(intact)  # the other tests of this module share the base
     assert not (tmp_path / "damaged" / "runs").exists()
+
+
+def test_the_report_show_and_plan_name_the_base(first_study, micro_base, tmp_path):
+    from typer.testing import CliRunner
+
+    from forgetlab.analysis.report import write_report
+    from forgetlab.cli.main import app
+
+    _, out, _ = first_study
+    [base] = bases_of(out)
+    md = write_report(out)["markdown"].read_text()
+    section = md[md.index("### Base model") :]
+    assert f"`{base['key']}`" in section and "| dialogue | 4 |" in section
+    run = sorted((out / "runs").iterdir())[0]
+    shown = CliRunner().invoke(app, ["show", str(run)])
+    assert shown.exit_code == 0, shown.output
+    assert f"started from base model {base['key']}: pretrained on dialogue for 4 steps" in (
+        " ".join(shown.output.split())
+    )
+    spec = write_study(tmp_path / "study.toml", study(micro_base, "planned"))
+    planned = CliRunner().invoke(app, ["plan", str(spec)])
+    assert planned.exit_code == 0, planned.output
+    table = planned.output[planned.output.index("base models (trained once") :]
+    assert "dialogue" in table and "yes (0 s)" in table  # cached by the first study

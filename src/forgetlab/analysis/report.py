@@ -202,6 +202,31 @@ def section_config(doc: Doc, exp: Experiment, analysis: Analysis) -> None:
         doc.table(columns, varying)
 
 
+BASE_MODEL_COLUMNS: list[Column[dict[str, Any]]] = [
+    Column("key", lambda b: f"`{b['key']}`"),
+    Column("pretrained on", lambda b: ", ".join(b["domains"])),
+    Column("steps", lambda b: b["steps"]),
+    Column("tokens", lambda b: f"{b['train_tokens']:,}"),
+    Column("seed", lambda b: b["seed"]),
+    Column("weights sha256", lambda b: f"`{(b.get('sha256') or '?')[:12]}`"),
+    Column("stored at", lambda b: f"`{b['path']}`"),
+]
+
+
+def section_base_models(doc: Doc, exp: Experiment) -> None:
+    """The bases the runs started from (``[base_model]``): what each was pretrained on, for how
+    long, and which weights, so that row 0 of every R matrix can be traced to them."""
+    bases = exp.meta.get("base_models") or []
+    if not bases:
+        return
+    doc.h(3, "Base model" if len(bases) == 1 else "Base models")
+    doc.p(
+        "Every run starts from its base, pretrained once before the runs and shared: row 0 of "
+        "each R matrix scores the base, not a random model."
+    )
+    doc.table(BASE_MODEL_COLUMNS, bases)
+
+
 def section_environment(doc: Doc, exp: Experiment) -> None:
     doc.h(2, "Environment")
     env = exp.meta.get("env") or next(
@@ -635,6 +660,7 @@ def build(exp: Experiment, analysis: Analysis, figs: Path) -> Doc:
     section_glance(doc, analysis)
     section_prereg(doc, analysis.preregistration)
     section_config(doc, exp, analysis)
+    section_base_models(doc, exp)
     section_environment(doc, exp)
     section_execution(doc, analysis)
     section_unigram_floor(doc, exp)

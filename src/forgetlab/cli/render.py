@@ -98,8 +98,22 @@ def metrics_table(record: dict[str, Any]) -> Table:
     return rich_table(columns, rows, title=title)
 
 
+def base_model_line(record: dict[str, Any]) -> str | None:
+    """What a run with ``[base_model]`` started from: the base's key, data, steps and weights."""
+    b = record.get("base_model")
+    if not b:
+        return None
+    return (
+        f"started from base model {b['key']}: pretrained on {', '.join(b['domains'])} for "
+        f"{b['steps']:,} steps ({b['train_tokens']:,} tokens, seed {b['seed']}), weights sha256 "
+        f"{(b.get('sha256') or '?')[:12]}; row 'init' of R scores it"
+    )
+
+
 def print_run_summary(record: dict[str, Any], console: Console | None = None) -> None:
     console = console or make_console()
+    if (line := base_model_line(record)) is not None:
+        console.print(escape(line))
     for kind in ("loss", "accuracy"):
         console.print(r_matrix_table(record, kind))
     for s in shortfalls(record):
