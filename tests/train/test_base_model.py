@@ -107,9 +107,12 @@ def test_a_base_is_trained_once_for_two_runs_and_anew_when_its_config_changes(
 
 def test_the_key_ignores_what_does_not_decide_the_weights(fixture_data):
     key = locate(config(fixture_data, seed=102)).key
+    sourced = raw_config(fixture_data, 102)  # how its data were made: the shards' sha256 count
+    sourced["data"]["sources"] = {"dialogue": {"files": ["/elsewhere/*.jsonl"]}}
     same = [
         config(fixture_data, seed=102, lr=1e-2, threads=2),  # the stream's training
         resolve_run_config({**raw_config(fixture_data, 102), "seed": 7, "device": "cpu"}),
+        resolve_run_config(sourced),
     ]
     assert all(locate(c).key == key for c in same)
     differ = [
@@ -254,3 +257,23 @@ def test_model_init_and_a_base_together_are_refused(fixture_data):
     raw["model"]["init"] = "/nonexistent/run"
     with pytest.raises(ConfigError, match=r"model.init = '/nonexistent/run' and \[base_model\]"):
         resolve_run_config(raw)
+
+
+def test_a_single_run_trains_its_base_first_and_a_second_run_reuses_it(
+    fixture_data, tmp_path, base_trainings
+):
+    from forgetlab.train.launch import train_run
+
+    corpus = Path(__file__).resolve().parents[1] / "fixtures" / "corpus"
+    raw = raw_config(fixture_data, 109)
+    # the fixture's own sources: train_run prepares the run's domains and must find them prepared
+    raw["data"]["sources"] = {
+        d: {"files": [str(corpus / d / "*.jsonl")], "val_fraction": 0.2}
+        for d in fixture_data.domains
+    }
+    cfg = resolve_run_config(raw)
+    first = train_run(cfg, tmp_path / "first", progress=False)
+    second = train_run(cfg.model_copy(update={"seed": 1}), tmp_path / "second", progress=False)
+    assert base_trainings == [locate(cfg).run_dir.root]
+    assert first["base_model"] == second["base_model"]
+    assert first["base_model"]["key"] == locate(cfg).key

@@ -104,10 +104,17 @@ def ensure_bases(
 
 
 def base_configs(configs: list[RunConfig]) -> list[RunConfig]:
-    """The run configs that train the bases ``configs`` declare (for :func:`ensure_data`)."""
-    from forgetlab.train.base_model import base_run_config
+    """The run configs that train the bases ``configs`` declare, with the sources that prepare
+    their domains (for :func:`ensure_data`)."""
+    from forgetlab.train.base_model import base_run_config, base_sources
 
-    return [base_run_config(c) for c in configs if c.base_model is not None]
+    out = []
+    for c in configs:
+        if c.base_model is not None:
+            base = base_run_config(c)
+            base.data.sources = base_sources(c)
+            out.append(base)
+    return out
 
 
 def matched_steps(spec: ExperimentSpec, store: ExperimentStore) -> dict[str, int] | None:

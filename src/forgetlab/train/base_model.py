@@ -43,6 +43,7 @@ from forgetlab.config import (
     InitConfig,
     ModelConfig,
     RunConfig,
+    SourceConfig,
     TrainConfig,
 )
 from forgetlab.train.rundir import MODEL_FILE, RunDir
@@ -85,8 +86,7 @@ def base_run_config(cfg: RunConfig) -> RunConfig:
         device=cfg.device,
         model=cfg.model.model_copy(update={"preset": None, "init": None}),
         data=DataConfig(
-            domains=list(b.domains),
-            sources={d: s for d, s in cfg.data.sources.items() if d in b.domains},
+            domains=list(b.domains),  # prepared by ensure_base (with base_sources) beforehand
             tokenizer=cfg.data.tokenizer,
             # one spelling per cache, so every claimant of the base has the same config hash
             cache_dir=str(data_root(cfg.data.cache_dir).resolve()),
@@ -105,6 +105,13 @@ def base_run_config(cfg: RunConfig) -> RunConfig:
             checkpoint_every=max(1, math.ceil(b.steps / CHECKPOINTS)),
         ),
     )
+
+
+def base_sources(cfg: RunConfig) -> dict[str, SourceConfig]:
+    """The run's ``[data.sources]`` of the base's domains: how to prepare them. Not part of the
+    base's config: its shards' sha256 (in the key) say what it read, however they were made."""
+    domains = cfg.base_model.domains if cfg.base_model else []
+    return {d: s for d, s in cfg.data.sources.items() if d in domains}
 
 
 def _weights_part(dump: dict[str, Any], drop: dict[str, Any]) -> dict[str, Any]:
@@ -296,7 +303,7 @@ def ensure_base(cfg: RunConfig, progress: bool = True) -> BaseModel | None:
             base_cfg.data.domains,
             base_cfg.data.tokenizer,
             base_cfg.data.cache_dir,
-            sources=base_cfg.data.sources,
+            sources=base_sources(cfg),
             progress=progress,
         )
         base = locate(cfg)
