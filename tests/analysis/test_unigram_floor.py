@@ -51,6 +51,17 @@ def test_no_baseline_or_unfinished_stage_is_not_judged():
     assert [s.domain for s in shortfalls(rec)] == ["code"]
 
 
+def test_a_joint_run_is_judged_on_its_final_row_only():
+    rec = _record([6.0, 6.0, 6.0], [6.1, 6.1, 6.1])  # near unigram after each mixture stage
+    rec["config"] = {"train": {"joint": "proportional"}}
+    rec["R"]["loss"][-1] = [5.0, 5.9, 5.0]  # the end of the joint run: only math near unigram
+    found = shortfalls(rec)
+    assert [s.domain for s in found] == ["math"]
+    assert "the loss at the end of the joint run, 5.900" in found[0].sentence()
+    rec["R"]["loss"] = rec["R"]["loss"][:3]  # not finished: nothing to judge yet
+    assert shortfalls(rec) == []
+
+
 def _shown(rec: dict) -> str:
     out = io.StringIO()
     print_run_summary(rec, Console(file=out, width=200, no_color=True))
