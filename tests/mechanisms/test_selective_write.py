@@ -147,3 +147,25 @@ def test_trainer_logs_write_fraction_and_counts_scoring_flops(fixture_data, tmp_
         # one scoring forward over every micro-batch (4 x 64 tokens) per step
         assert stage["mechanisms"] == pytest.approx(STEPS * 4 * 64 * fwd), s
     assert record["status"] == "finished"
+
+
+def test_a_step_whose_gate_wrote_no_token_logs_no_training_loss(fixture_data, tmp_path):
+    """A z-score threshold no token reaches writes nothing: every logged step trained on no token,
+    so its training loss is missing (NaN), not the 0.0 of sum(w * l) / sum(w)."""
+    from micro_run import run
+
+    record = run(fixture_data, tmp_path / "run", [{"name": "selective_write", "threshold": 50.0}])
+    assert record["status"] == "finished"
+    curves = pd.read_parquet(tmp_path / "run" / "curves.parquet")
+    logged = curves.dropna(subset=["grad_norm"])
+    assert len(logged) == 4 and (logged["grad_norm"] == 0).all()
+    assert logged["train_loss"].isna().all()
+
+
+def test_a_written_step_logs_the_mean_loss_of_its_written_micro_batches(fixture_data, tmp_path):
+    from micro_run import run
+
+    run(fixture_data, tmp_path / "run", [{"name": "selective_write", "write_fraction": 0.5}])
+    curves = pd.read_parquet(tmp_path / "run" / "curves.parquet")
+    logged = curves.dropna(subset=["grad_norm"])
+    assert logged["train_loss"].between(3.0, 8.0).all()  # a cross-entropy over 512 tokens

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from forgetlab.config import RunConfig
+from forgetlab.mechanisms import Batch
 
 
 def weighted_token_mean(token_loss: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -12,6 +13,11 @@ def weighted_token_mean(token_loss: torch.Tensor, weights: torch.Tensor | None) 
     if weights is None:
         return token_loss.mean()
     return (token_loss * weights).sum() / weights.sum().clamp_min(1e-8)
+
+
+def trains_on_tokens(batch: Batch) -> bool:
+    """Whether any token of the batch carries loss weight (a gate may have written none)."""
+    return batch.weights is None or bool(batch.weights.sum() > 0)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:

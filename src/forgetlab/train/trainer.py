@@ -49,7 +49,7 @@ from forgetlab.train.evaluate import EvalSet, domain_eval_sets, evaluate, genera
 from forgetlab.train.failures import DivergenceError, run_failure
 from forgetlab.train.flops import FlopsAccount, peak_flops
 from forgetlab.train.loggers import Loggers, check_packages, r_row
-from forgetlab.train.optim import build_optimizer, weighted_token_mean
+from forgetlab.train.optim import build_optimizer, trains_on_tokens, weighted_token_mean
 from forgetlab.train.probes import Probes
 from forgetlab.train.record import run_record
 from forgetlab.train.rundir import RunDir, config_hash
@@ -241,6 +241,7 @@ class Trainer:
     def _train_step(self, stage: int) -> dict[str, float]:
         cfg = self.cfg.train
         total, tokens = 0.0, 0
+        logged: list[float] = []  # losses of the micro-batches that trained on some token
         terms: dict[str, float] = {}
         t0 = time.perf_counter()
         for micro in range(cfg.grad_accum):
@@ -258,6 +259,8 @@ class Trainer:
                 (loss / cfg.grad_accum).backward()
             t0 = self.timer.add(stage, "backward", t0)
             total += float(loss.detach()) / cfg.grad_accum
+            if trains_on_tokens(batch):
+                logged.append(float(loss.detach()))
             tokens += batch.n_tokens * self.dist.world_size
             for k, v in micro_terms.items():
                 terms[k] = terms.get(k, 0.0) + v / cfg.grad_accum
@@ -265,7 +268,9 @@ class Trainer:
             raise self._diverged("the training loss", total)
         grad_norm, _ = self._optimizer_step(stage, t0)
         self.flops.add_train(stage, tokens)
-        return {"train_loss": total, "grad_norm": grad_norm, "tokens": tokens, **terms}
+        # a step whose gate wrote no token has no training loss (NaN, not the 0 of sum(w*l)/sum(w))
+        train_loss = sum(logged) / len(logged) if logged else math.nan
+        return {"train_loss": train_loss, "grad_norm": grad_norm, "tokens": tokens, **terms}
 
     def _extra_step(self, batch: Batch) -> float:
         """One optimizer step on a batch a mechanism supplies (e.g. a sleep phase on the buffer).
