@@ -33,6 +33,7 @@ def test_report_files_and_plots_are_written(synthetic_report):
         "interactions",
         "r_matrices",
         "learning_curves",
+        "domain_curves",
         "gains",
         "performance",
     } <= set(pngs)

@@ -2,18 +2,24 @@
 
 Figures are built with ``matplotlib.figure.Figure`` (the Agg canvas, no pyplot state): safe in any
 process, never opens a window. Every function takes the analysis' typed results (or the
-experiment and its results frame), writes ``<stem>.png`` and
-``<stem>.svg`` into ``out`` and returns the PNG path, or None when there is nothing to draw.
+experiment and its results frame), writes ``<stem>.png`` and ``<stem>.svg`` into ``out`` and
+returns the PNG path, or None when there is nothing to draw; the curve plots return the path with
+a note for the caption (the domain order they draw).
+
+Curves are drawn from what the runs measured: a step without a measurement (no token trained, no
+evaluation) is left out of its line, never drawn as 0. Stage boundaries are marked, each stage
+labelled with its domain, and the R heatmaps carry their numbers in the cells.
 """
 
 from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from matplotlib import rc_context
 from matplotlib.figure import Figure
 
 from forgetlab.analysis.effects import FactorialResult
@@ -31,7 +37,8 @@ def _save(fig: Figure, out: Path, stem: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if not fig.get_layout_engine():
         fig.tight_layout()
-    fig.savefig(out / f"{stem}.svg")
+    with rc_context({"svg.fonttype": "none"}):  # text stays text: searchable, and smaller
+        fig.savefig(out / f"{stem}.svg")
     fig.savefig(out / f"{stem}.png", dpi=DPI)
     return out / f"{stem}.png"
 
@@ -105,25 +112,42 @@ def plot_interactions(
     return _save(fig, out, stem)
 
 
+def common_order(exp: Experiment, run_ids: list[str]) -> list[str]:
+    """The domain order most of these runs trained in (the first seen among equally common ones),
+    so that every curve and matrix of a figure reads its stages the same way."""
+    orders = [tuple(exp.records[r].get("domains") or []) for r in run_ids if r in exp.records]
+    orders = [o for o in orders if o]
+    if not orders:
+        return []
+    return list(max(dict.fromkeys(orders), key=orders.count))
+
+
+def _in_order(exp: Experiment, run_ids: list[str], order: list[str]) -> list[str]:
+    return [
+        r
+        for r in run_ids
+        if r in exp.records and list(exp.records[r].get("domains") or []) == order
+    ]
+
+
 def mean_r(exp: Experiment, run_ids: list[str], kind: str = "loss") -> tuple[np.ndarray, list[str]]:
-    """Mean R matrix of runs sharing the most common domain order, and that order.
+    """Mean R matrix of the runs sharing the most common domain order, and that order.
 
     A tie goes to the order met first in ``run_ids`` (not to a set's hash order, which changes with
     ``PYTHONHASHSEED`` and made the heatmap differ between two reports of the same study).
     """
-    recs = [exp.records[r] for r in run_ids if r in exp.records and exp.records[r].get("R")]
-    orders = [tuple(r.get("domains") or []) for r in recs]
-    common = max(dict.fromkeys(orders), key=orders.count)
+    order = common_order(exp, [r for r in run_ids if exp.records.get(r, {}).get("R")])
     mats = [
-        np.asarray(r["R"][kind], dtype=float)
-        for r, o in zip(recs, orders, strict=True)
-        if o == common
+        np.asarray(exp.records[r]["R"][kind], dtype=float)
+        for r in _in_order(exp, run_ids, order)
+        if exp.records[r].get("R")
     ]
-    return np.mean(mats, axis=0), list(common)
+    return np.mean(mats, axis=0), order
 
 
 def plot_r_heatmaps(exp: Experiment, frame: pd.DataFrame, out: Path, stem: str) -> Path | None:
-    """Mean loss R matrix per group (rows: after stage i, columns: domain)."""
+    """Mean loss R matrix per group (rows: after stage i, columns: domain), each cell's value
+    written in it so that the figure is read without the colour bar."""
     groups = [
         (g, list(sub["run_id"]))
         for g, sub in frame.groupby("group", sort=False)
@@ -132,8 +156,8 @@ def plot_r_heatmaps(exp: Experiment, frame: pd.DataFrame, out: Path, stem: str) 
     if not groups:
         return None
     mats = [(g, *mean_r(exp, ids)) for g, ids in groups]
-    lo = min(float(m.min()) for _, m, _ in mats)
-    hi = max(float(m.max()) for _, m, _ in mats)
+    lo = min(float(np.nanmin(m)) for _, m, _ in mats)
+    hi = max(float(np.nanmax(m)) for _, m, _ in mats)
     cols = min(4, len(mats))
     rows = int(np.ceil(len(mats) / cols))
     fig = Figure(figsize=(3.3 * cols + 1, 3.0 * rows), layout="constrained")
@@ -141,6 +165,7 @@ def plot_r_heatmaps(exp: Experiment, frame: pd.DataFrame, out: Path, stem: str) 
     for k, (g, r, domains) in enumerate(mats):
         ax = fig.add_subplot(rows, cols, k + 1)
         im = ax.imshow(r, cmap="viridis_r", aspect="auto", vmin=lo, vmax=hi)
+        _write_cells(ax, r, lo, hi, fontsize=7 if r.shape[1] <= 5 else 5)
         ax.set_xticks(range(len(domains)), domains, rotation=45, ha="right", fontsize=7)
         ax.set_yticks(range(r.shape[0]), ["init", *[f"after {d}" for d in domains]], fontsize=7)
         ax.set_title(f"{g}", fontsize=9)
@@ -149,26 +174,191 @@ def plot_r_heatmaps(exp: Experiment, frame: pd.DataFrame, out: Path, stem: str) 
     return _save(fig, out, stem)
 
 
-def plot_learning_curves(exp: Experiment, frame: pd.DataFrame, out: Path, stem: str) -> Path | None:
-    """Training loss against global step, mean over each group's runs."""
-    fig = Figure(figsize=(8, 4))
-    ax = fig.add_subplot()
-    drawn = False
-    for g, sub in frame.groupby("group", sort=False):
-        curves = [c for c in (exp.curves(r) for r in sub["run_id"]) if c is not None]
-        curves = [c[["step", "train_loss"]].dropna() for c in curves if "train_loss" in c]
-        if not curves:
-            continue
-        mean = pd.concat(curves).groupby("step")["train_loss"].mean()
-        ax.plot(mean.index, mean.to_numpy(), label=str(g), lw=1.2)
-        drawn = True
-    if not drawn:
+def _write_cells(ax: Any, m: np.ndarray, lo: float, hi: float, fontsize: float) -> None:
+    """Each cell's value, in white on the dark end of ``viridis_r`` (high values) and black on
+    the light end, so that every number stays readable."""
+    mid = (lo + hi) / 2
+    for (i, j), v in np.ndenumerate(m):
+        if np.isfinite(v):
+            colour = "white" if v > mid else "black"
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=fontsize, color=colour)
+
+
+def trained_loss(curve: pd.DataFrame) -> pd.DataFrame:
+    """``step`` and ``train_loss`` of the logged training steps that trained on some token.
+
+    A step whose gate (``selective_write``) wrote no token has no training loss: the trainer
+    records it as missing. Records written before it did so hold 0.0 there, with a zero gradient
+    norm; a mean cross-entropy with its gradient exactly zero is such a step, never a measurement,
+    and plotting it as loss 0 would squash the axis. Both kinds are dropped here.
+    """
+    if "train_loss" not in curve:
+        return pd.DataFrame({"step": [], "train_loss": []})
+    rows = curve[curve["train_loss"].notna()]
+    if "grad_norm" in rows:
+        rows = rows[~((rows["train_loss"] == 0) & (rows["grad_norm"] == 0))]
+    return rows[["step", "train_loss"]]
+
+
+def validation_points(record: dict[str, Any], curve: pd.DataFrame | None) -> pd.DataFrame:
+    """One run's validation loss per domain against the global step: every domain before
+    training (step 0) and at each stage end (the rows of R), plus the in-stage evaluations of the
+    domain being learned (``train.eval_every``). Columns ``domain``, ``step``, ``val_loss``."""
+    order = list(record.get("domains") or [])
+    r = (record.get("R") or {}).get("loss") or []
+    sps = _steps_per_stage(record)
+    rows = [
+        {"domain": d, "step": i * sps, "val_loss": float(v)}
+        for i, row in enumerate(r)
+        for d, v in zip(order, row, strict=False)
+        if v is not None
+    ]
+    if curve is not None and "val_loss" in curve:
+        inner = curve[curve["val_loss"].notna()]
+        for rec in inner.to_dict("records"):
+            domain = rec.get("domain")
+            if not isinstance(domain, str):
+                domain = order[int(rec["stage"])] if int(rec["stage"]) < len(order) else None
+            if domain is not None:
+                rows.append(
+                    {"domain": domain, "step": int(rec["step"]), "val_loss": rec["val_loss"]}
+                )
+    points = pd.DataFrame(rows, columns=["domain", "step", "val_loss"])
+    return points.drop_duplicates(["domain", "step"], keep="first")
+
+
+def _steps_per_stage(record: dict[str, Any]) -> int:
+    return int(((record.get("config") or {}).get("train") or {}).get("steps_per_stage") or 0)
+
+
+class CurveAxis:
+    """The x axis the curves of one figure share: optimizer steps when every run trains the same
+    number of steps per stage; otherwise stages (a matched-FLOPs budget gives groups different
+    step counts, and their stages only line up in stage units)."""
+
+    def __init__(self, exp: Experiment, run_ids: list[str]) -> None:
+        steps = {_steps_per_stage(exp.records[r]) for r in run_ids}
+        self.in_steps = len(steps) == 1 and 0 not in steps
+        self.sps = steps.pop() if self.in_steps else 0
+        self.label = "optimizer step (all stages)" if self.in_steps else "stage (fraction done)"
+
+    def x(self, steps: pd.Series | np.ndarray, record: dict[str, Any]) -> np.ndarray:
+        values = np.asarray(steps, dtype=float)
+        return values if self.in_steps else values / max(_steps_per_stage(record), 1)
+
+    def mark_stages(self, ax: Any, order: list[str], label: bool = True) -> None:
+        """A dashed line at every stage boundary; the domain each stage trains on written above."""
+        width = self.sps if self.in_steps else 1
+        for k in range(1, len(order)):
+            ax.axvline(k * width, color="gray", ls="--", lw=0.8, alpha=0.7)
+        if label:
+            for k, d in enumerate(order):
+                ax.text(
+                    (k + 0.5) * width,
+                    1.01,
+                    d,
+                    transform=ax.get_xaxis_transform(),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                    color="dimgray",
+                )
+
+
+def _order_note(exp: Experiment, frame: pd.DataFrame, used: list[str], order: list[str]) -> str:
+    n = len([r for r in frame["run_id"] if r in exp.records])
+    note = " → ".join(order)
+    return note if len(used) == n else f"{note} ({len(used)} of {n} runs: those in this order)"
+
+
+def train_curves(
+    exp: Experiment, frame: pd.DataFrame
+) -> tuple[list[str], CurveAxis, dict[str, pd.Series], list[str]] | None:
+    """Each group's mean training loss against the shared x axis (see :class:`CurveAxis`), from
+    the runs in the most common domain order: at one step, runs in different orders train on
+    different domains, and their mean loss belongs to none. Returns the order, the axis, the
+    curves and the runs used; None when no run has a curve."""
+    ids = [r for r in frame["run_id"] if r in exp.records]
+    order = common_order(exp, ids)
+    used = _in_order(exp, ids, order)
+    if not used:
         return None
-    ax.set_xlabel("optimizer step (all stages)")
+    axis = CurveAxis(exp, used)
+    out: dict[str, pd.Series] = {}
+    for g, sub in frame.groupby("group", sort=False):
+        points = []
+        for r in _in_order(exp, list(sub["run_id"]), order):
+            curve = exp.curves(r)
+            if curve is not None:
+                loss = trained_loss(curve)
+                x = axis.x(loss["step"], exp.records[r])
+                points.append(pd.DataFrame({"x": x, "y": loss["train_loss"].to_numpy()}))
+        points = [p for p in points if not p.empty]
+        if points:
+            out[str(g)] = pd.concat(points).groupby("x")["y"].mean()
+    return (order, axis, out, used) if out else None
+
+
+def plot_learning_curves(
+    exp: Experiment, frame: pd.DataFrame, out: Path, stem: str
+) -> tuple[Path, str] | None:
+    """Training loss per group (mean over its runs) with the stage boundaries marked. Returns the
+    PNG and a note naming the domain order drawn (and how many runs it holds), for the caption."""
+    curves = train_curves(exp, frame)
+    if curves is None:
+        return None
+    order, axis, lines, used = curves
+    fig = Figure(figsize=(9, 4))
+    ax = fig.add_subplot()
+    for g, mean in lines.items():
+        ax.plot(mean.index, mean.to_numpy(), label=g, lw=1.2)
+    axis.mark_stages(ax, order)
+    ax.set_xlabel(axis.label)
     ax.set_ylabel("training loss")
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
-    return _save(fig, out, stem)
+    return _save(fig, out, stem), _order_note(exp, frame, used, order)
+
+
+def plot_domain_curves(
+    exp: Experiment, frame: pd.DataFrame, out: Path, stem: str
+) -> tuple[Path, str] | None:
+    """Validation loss of each domain across the whole stream, one panel per domain, one line
+    per group (mean over its runs in the most common order): where a domain is learned, and how
+    much of it each group keeps while the later stages train. Returns the PNG and the order note."""
+    ids = [r for r in frame["run_id"] if r in exp.records and exp.records[r].get("R")]
+    order = common_order(exp, ids)
+    used = _in_order(exp, ids, order)
+    if not used:
+        return None
+    axis = CurveAxis(exp, used)
+    per_group: dict[str, pd.DataFrame] = {}
+    for g, sub in frame.groupby("group", sort=False):
+        points = []
+        for r in _in_order(exp, [x for x in sub["run_id"] if x in used], order):
+            p = validation_points(exp.records[r], exp.curves(r))
+            points.append(p.assign(x=axis.x(p["step"], exp.records[r])))
+        if points:
+            per_group[str(g)] = pd.concat(points).groupby(["domain", "x"])["val_loss"].mean()
+    cols = min(3, len(order))
+    rows = int(np.ceil(len(order) / cols))
+    fig = Figure(figsize=(4.2 * cols, 3.0 * rows + 0.6), layout="constrained")
+    for k, d in enumerate(order):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        for g, mean in per_group.items():
+            if d in mean.index.get_level_values(0):
+                line = mean.loc[d]
+                ax.plot(line.index, line.to_numpy(), marker=".", ms=3, lw=1.1, label=g)
+        axis.mark_stages(ax, order, label=False)
+        ax.axvspan(k * (axis.sps or 1), (k + 1) * (axis.sps or 1), color="gold", alpha=0.12)
+        ax.set_title(f"{d} (trained in stage {k + 1}, shaded)", fontsize=9)
+        ax.set_xlabel(axis.label, fontsize=8)
+        ax.set_ylabel("validation loss", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 8), fontsize=7)
+    return _save(fig, out, stem), _order_note(exp, frame, used, order)
 
 
 def plot_marginal_gains(

@@ -582,6 +582,23 @@ def section_gains_and_perf(
     )
 
 
+def section_curves(doc: Doc, exp: Experiment, frame: Any, figs: Path, tag: str) -> None:
+    """Training loss and per-domain validation loss across the stream, stages marked."""
+    drawn = plots.plot_learning_curves(exp, frame, figs, f"{tag}learning_curves")
+    if drawn:
+        doc.image(
+            drawn[0],
+            f"Training loss per group (mean over runs; order {drawn[1]}); dashed: stage boundaries",
+        )
+    drawn = plots.plot_domain_curves(exp, frame, figs, f"{tag}domain_curves")
+    if drawn:
+        doc.image(
+            drawn[0],
+            f"Validation loss of each domain across the stream, per group (mean over runs; order "
+            f"{drawn[1]}); shaded: the stage that trains the domain",
+        )
+
+
 VERDICT_COLUMNS: list[Column[Verdict]] = [
     Column("id", lambda verdict: verdict.id),
     Column("criterion", lambda verdict: f"`{verdict.criterion}`"),
@@ -677,10 +694,7 @@ def build(exp: Experiment, analysis: Analysis, figs: Path) -> Doc:
             plots.plot_r_heatmaps(exp, frame, figs, f"{tag}r_matrices"),
             "Mean loss R matrix per group (rows: after each stage)",
         )
-        doc.image(
-            plots.plot_learning_curves(exp, frame, figs, f"{tag}learning_curves"),
-            "Training loss per group (mean over runs)",
-        )
+        section_curves(doc, exp, frame, figs, tag)
         section_verdicts(doc, result)
     if not analysis.budgets:
         doc.warn("no finished run: nothing to analyse yet.")
