@@ -5,6 +5,9 @@ rendering that list twice keeps report.md and report.html identical in content b
 with no template language and no new dependency. Inline text understands ``code`` and **bold**.
 HTML embeds every PNG as a base64 data URI (one file to mail or archive) and, on window load,
 writes ``data-images-loaded="<loaded>/<total>"`` on ``<body>`` so a browser test can check images.
+
+Everything sits in one ``<main>`` column 1100 px wide at most; table cells and code wrap anywhere
+when they must, so that no table scrolls sideways or widens the page.
 """
 
 from __future__ import annotations
@@ -12,23 +15,27 @@ from __future__ import annotations
 import base64
 import html
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from forgetlab.analysis.tables import Column, Item, headers, rows
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
-padding:0 1em;color:#1b1f23;line-height:1.45;background:#fff}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1b1f23;
+background:#fff}
+main{max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45}
 h1{border-bottom:2px solid #444}h2{border-bottom:1px solid #ccc;margin-top:2em}
-table{border-collapse:collapse;margin:.8em 0;font-size:.85em;display:block;overflow-x:auto;max-width:100%}
-th,td{border:1px solid #ccc;padding:.25em .55em;text-align:left;vertical-align:top}
+table{border-collapse:collapse;margin:.8em 0;font-size:.85em;max-width:100%}
+th,td{border:1px solid #ccc;padding:.25em .55em;text-align:left;vertical-align:top;
+overflow-wrap:anywhere}
 th{background:#f0f3f6}tr:nth-child(even) td{background:#fafbfc}
 code,pre{background:#f4f4f4;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.9em}
-pre{padding:.6em;overflow-x:auto;white-space:pre-wrap}
-figure{margin:1em 0}figure img{max-width:100%;border:1px solid #ddd}
+pre{padding:.6em;white-space:pre-wrap;overflow-wrap:anywhere}
+figure{margin:1em 0}figure img{max-width:100%;height:auto;box-sizing:border-box;border:1px solid #ddd}
 figcaption{font-size:.85em;color:#555}
+details{margin:1em 0;border:1px solid #ddd;padding:.3em .8em}summary{cursor:pointer;font-weight:600}
 .warn{background:#fff3f3;border:2px solid #c00;padding:.6em;font-weight:600}
 .pass{color:#060;font-weight:600}.fail{color:#b00;font-weight:600}.undetermined{color:#a60}
 """
@@ -71,6 +78,16 @@ class Doc:
         if cells:
             self.blocks.append(("table", (headers(columns), cells)))
 
+    @contextmanager
+    def details(self, summary: str) -> Iterator[None]:
+        """Blocks added inside the ``with`` are collapsed under ``summary`` (HTML ``<details>``;
+        Markdown gets the same tags, which GitHub and most viewers render as a fold)."""
+        self.blocks.append(("details", summary))
+        try:
+            yield
+        finally:
+            self.blocks.append(("end_details", None))
+
     def image(self, path: Path | None, caption: str) -> None:
         if path is not None:
             self.blocks.append(("img", (path, caption)))
@@ -96,6 +113,10 @@ class Doc:
                 out.append("|" + "---|" * len(titles))
                 out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in cells]
                 out.append("")
+            elif kind == "details":
+                out += [f"<details><summary>{html.escape(str(payload))}</summary>", ""]
+            elif kind == "end_details":
+                out += ["</details>", ""]
             elif kind == "img":
                 path, caption = payload  # type: ignore[misc]
                 out += [
@@ -125,6 +146,10 @@ class Doc:
                 head = "".join(f"<th>{_inline(h)}</th>" for h in titles)
                 trs = "".join("<tr>" + "".join(_td(c) for c in row) + "</tr>" for row in cells)
                 body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>")
+            elif kind == "details":
+                body.append(f"<details><summary>{_inline(str(payload))}</summary>")
+            elif kind == "end_details":
+                body.append("</details>")
             elif kind == "img":
                 path, caption = payload  # type: ignore[misc]
                 data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
@@ -135,7 +160,9 @@ class Doc:
         return (
             '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>{html.escape(self.title)}</title><style>{CSS}</style>"
-            f"<script>{SCRIPT}</script></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
+            f"<script>{SCRIPT}</script></head>\n<body><main>\n"
+            + "\n".join(body)
+            + "\n</main></body></html>\n"
         )
 
 
