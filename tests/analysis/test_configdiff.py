@@ -80,3 +80,17 @@ def test_runs_outside_every_group_are_ignored():
     a = resolved()
     c = compare_configs({"a": a, "stray": resolved(seed=9)}, {"a": "A"})
     assert "seed" in dict(c.shared) and not c.per_run
+
+
+def test_unset_and_bookkeeping_settings_are_left_out_of_both_tables():
+    a = resolved(train={"threads": 1, "log_every": 5}, mechanisms=[{"name": "replay"}])
+    b = resolved(train={"threads": 2, "log_every": 5})
+    c = compare_configs(
+        {"a": a, "b": b}, {"a": "A", "b": "B"}, {"replay": {"capacity": 64, "policy": None}}
+    )
+    shared, diffs = dict(c.shared), dict(c.differences)
+    assert "train.threads" not in diffs and "train.log_every" not in shared
+    assert {"train.threads", "train.log_every", "data.cache_dir"} <= set(c.bookkeeping)
+    assert {"model.n_kv_head", "model.d_ff", "data.sources"} <= set(c.unset)
+    assert "mechanisms.replay.policy" in c.unset  # null wherever replay is used
+    assert diffs["mechanisms.replay.capacity"] == {"A": "64", "B": UNUSED}

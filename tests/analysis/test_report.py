@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -12,9 +13,10 @@ from synthetic_experiment import PREREG, write_experiment
 from typer.testing import CliRunner
 
 from forgetlab.analysis.analyse import preregistration_status
-from forgetlab.analysis.doc import Doc
+from forgetlab.analysis.doc import MAX_COLUMNS, Doc, split_columns
 from forgetlab.analysis.load import Experiment, load_experiment
-from forgetlab.analysis.report import section_prereg
+from forgetlab.analysis.report import prereg_block
+from forgetlab.analysis.tables import Column
 from forgetlab.cli.report_commands import register
 from forgetlab.config import ConfigError
 from forgetlab.experiments import ExperimentStore
@@ -78,8 +80,8 @@ def test_markdown_record_has_experiment_record_sections_and_failed_run(synthetic
         "## Command lines",
         "## Execution",
         "### Factorial effects",
-        "### Hypothesis verdicts",
-        "### Conclusions",
+        "### Hypothesis verdicts and their evidence",
+        "**Conclusions**",
         "## Generation samples",
         "### Timing, memory and parameters",
     ):
@@ -91,16 +93,27 @@ def test_markdown_record_has_experiment_record_sections_and_failed_run(synthetic
     assert "](plots/effects.png)" in md
 
 
-def test_at_a_glance_marks_verdicts_without_a_test_and_leaves_tested_ones_plain(synthetic_report):
-    """Replicated runs: a p-term criterion is a plain verdict, a means-only one says it is untested."""
+def answer(md: str) -> str:
+    """The report's Answer section (Markdown)."""
+    return md.split("\n## Answer\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_answer_marks_verdicts_without_a_test_and_leaves_tested_ones_plain(synthetic_report):
+    """Replicated runs: a p-term criterion is a plain verdict, a means-only one says it is
+    untested; each verdict says how many runs stand behind it."""
     a = json.loads(synthetic_report["analysis"].read_text())["budgets"]["same_shape"]
     untested = {v["id"]: v["untested"] for v in a["hypotheses"]}
     assert untested == {"H1": "criterion has no test", "H2": None, "H3": "criterion has no test"}
-    md = synthetic_report["markdown"].read_text()
-    glance = md.split("## At a glance", 1)[1].split("\n## ", 1)[0]
-    assert "H1: **pass, untested: criterion has no test**:" in glance
-    assert "H2: **pass**: R is the strongest main effect" in glance
-    assert "H3: **fail, untested: criterion has no test**:" in glance
+    found = answer(synthetic_report["markdown"].read_text())
+    assert (
+        "| H1 | T alone lowers forgetting | pass, untested: criterion has no test | 4 per group |"
+        in found
+    )
+    assert "| H2 | R is the strongest main effect | pass | 31 runs |" in found  # the factorial fit
+    assert (
+        "| H3 | W alone speeds training | fail, untested: criterion has no test | 4 per group |"
+        in found
+    )
     html = synthetic_report["html"].read_text()
     assert "pass, untested: criterion has no test" in html
 
@@ -118,11 +131,11 @@ def test_changed_preregistration_is_flagged(tmp_path):
     status = preregistration_status(exp.meta)
     assert status.changed and status.sha256_now == "f" * 64
     doc = Doc("t")
-    section_prereg(doc, status)
+    prereg_block(doc, status)
     assert "CHANGED after the first run started" in doc.markdown(tmp_path)
     assert 'class="warn"' in doc.html()
     same = Doc("t")
-    section_prereg(
+    prereg_block(
         same,
         preregistration_status(
             {**exp.meta, "preregistration_changed": False, "preregistration_sha256_now": None}
@@ -138,7 +151,7 @@ def _begin(store, block):
 
 def _prereg_text(meta, tmp_path):
     doc = Doc("t")
-    section_prereg(doc, preregistration_status(meta))
+    prereg_block(doc, preregistration_status(meta))
     return doc.markdown(tmp_path)
 
 
@@ -226,13 +239,101 @@ def test_cli_report_on_a_groups_design_with_one_run_per_group(tmp_path):
     assert a["conclusions"]["versus_reference"]["untestable"] == ["B", "C"]
     md = (root / "report.md").read_text()
     assert "too few runs" in md
-    glance = md.split("## At a glance", 1)[1].split("\n## ", 1)[0]
-    assert "H4: **pass, untested: 1 run per group**: C competitive" in glance
-    assert "**pass**" not in glance
+    found = answer(md)
+    assert "| H4 | C competitive | pass, untested: 1 run per group | 1 per group |" in found
+    assert "| pass |" not in found
     assert "pass, untested: 1 run per group" in (root / "report.html").read_text()
     assert '"budgets"' in result.output and "report.html" in result.output
     bad = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert bad.exit_code == 2 and "not a forgetlab experiment directory" in bad.output
+
+
+SECTION_ORDER = (
+    "## Answer",
+    "## Plots",
+    "## Goal and hypotheses",
+    "## Pre-registration",
+    "## Configuration",
+    "## Results in detail",
+    "## Execution",
+    "## Environment",
+    "## Definitions",
+    "## Appendix: full resolved configuration",
+)
+
+
+@pytest.mark.parametrize("report", ["synthetic_report", "micro_study_report"])
+def test_the_answer_comes_first_then_the_plots_then_the_detail(report, request):
+    md = request.getfixturevalue(report)["markdown"].read_text()
+    at = [md.index(f"\n{heading}\n") for heading in SECTION_ORDER]
+    assert at == sorted(at), dict(zip(SECTION_ORDER, at, strict=True))
+    head = md[: at[0]]
+    assert "## " not in head  # only the title and the one-paragraph summary come before it
+    found = answer(md)
+    assert "| group | n | mean | 95% CI | Δ vs `" in found  # the primary metric with intervals
+    assert "| term | effect | 95% CI | p (holm) |" in found  # the effects
+    assert "**Conclusions**" in found and "](plots/" not in found
+
+
+def test_no_table_is_wider_than_the_column_limit(synthetic_report, micro_study_report):
+    for report in (synthetic_report, micro_study_report):
+        widths = [
+            line.count("|") - 1
+            for line in report["markdown"].read_text().splitlines()
+            if line.startswith("|---")
+        ]
+        assert widths and max(widths) <= MAX_COLUMNS
+
+
+def test_a_wide_table_is_split_into_even_parts_repeating_its_key_columns():
+    assert split_columns(8) == [list(range(8))]
+    assert split_columns(9) == [[0, 1, 2, 3, 4], [0, 5, 6, 7, 8]]
+    assert split_columns(10, key_columns=2) == [[0, 1, 2, 3, 4, 5], [0, 1, 6, 7, 8, 9]]
+    doc = Doc("t")
+    doc.table(
+        [
+            Column("group", lambda r: r[0]),
+            *[Column(f"m{i}", lambda r, i=i: r[i]) for i in range(1, 12)],
+        ],
+        [["A", *range(1, 12)], ["B", *range(11, 0, -1)]],
+    )
+    tables = [b for kind, b in doc.blocks if kind == "table"]
+    assert [t[0] for t in tables] == [
+        ["group", *[f"m{i}" for i in range(1, 7)]],
+        ["group", *[f"m{i}" for i in range(7, 12)]],
+    ]
+    assert tables[1][1] == [["A", 7, 8, 9, 10, 11], ["B", 5, 4, 3, 2, 1]]
+
+
+def test_configuration_lists_settings_that_matter_and_every_group_difference(micro_study_report):
+    md = micro_study_report["markdown"].read_text()
+    config = md.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    shared = config.split("### Shared settings", 1)[1].split("Left out:", 1)[0]
+    assert "`n_layer` = 2" in shared and "`steps_per_stage` = 6" in shared
+    for unused in ("moe", "memory", "rope_theta", "cache_dir", "threads", "null"):
+        assert unused not in shared, unused
+    assert "settings of parts no run uses: `model.freeze_qk`, `model.qk_init`" in config
+    assert "`model.moe.*`, `model.memory.*`" in config and "`data.cache_dir`" in config
+    assert "Vary between the runs of a group (see the groups table): `seed`." in config
+    differences = config.split("### Per-group differences", 1)[1]
+    assert "| setting | W0_R0 | W0_R1 | W1_R0 | W1_R1 |" in differences
+    assert (
+        "| `mechanisms` | none | replay | selective_write | selective_write, replay |"
+        in differences
+    )
+    assert "| `mechanisms.replay.capacity` | unused | 16 | unused | 16 |" in differences
+    assert "replay.herding_pool" not in differences  # null wherever replay runs
+    # a knob the spec left at its default is shown with the value the runs used
+    assert "| `mechanisms.selective_write.window` | unused | unused | 8192 | 8192 |" in differences
+
+
+def test_the_full_resolved_configuration_is_folded_at_the_end(micro_study_report):
+    page = micro_study_report["html"].read_text()
+    appendix = page.split("Appendix: full resolved configuration", 1)[1]
+    folds = re.findall(r"<details><summary>(W\d_R\d): run \w+</summary>\s*<pre>", appendix)
+    assert folds == ["W0_R0", "W0_R1", "W1_R0", "W1_R1"]
+    assert "&quot;moe&quot;: {" in appendix  # the full config, unused parts included
+    assert page.index("<details>") > page.index("Definitions</h2>")
 
 
 def test_a_study_without_probes_has_no_probe_section(synthetic_report):

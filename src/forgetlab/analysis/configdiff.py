@@ -20,6 +20,10 @@ from typing import Any
 UNUSED = "unused"
 IDENTITY = ("name",)
 """Keys that name a run rather than configure it (the run name is the study and group)."""
+BOOKKEEPING = ("data.cache_dir", "train.threads", "train.log_every", "train.checkpoint_every")
+"""Keys that say where and how often a run writes, not what it learns: left out of both tables
+(a difference in them is not a difference between the groups' treatments)."""
+UNSET = ("null", "{}", "[]")
 
 Flat = dict[str, str]
 
@@ -111,6 +115,8 @@ class ConfigComparison:
     groups; a group's value lists each distinct value of its runs, or ``unused``.
     ``per_run``: keys that vary between runs of a single group (seed, name, order).
     ``unused``: keys no run uses (left out of both tables).
+    ``unset``: keys every run leaves unset (null or empty: the part's default rule applies).
+    ``bookkeeping``: :data:`BOOKKEEPING` keys, left out (the full config still lists them).
     """
 
     groups: list[str]
@@ -118,6 +124,8 @@ class ConfigComparison:
     differences: list[tuple[str, dict[str, str]]]
     per_run: list[str]
     unused: list[str]
+    unset: list[str]
+    bookkeeping: list[str]
 
 
 def compare_configs(
@@ -133,8 +141,9 @@ def compare_configs(
             flat[key] = UNUSED
     groups = list(dict.fromkeys(group_of[r] for r in flats))
     keys = list(dict.fromkeys(k for flat in flats.values() for k in flat))
-    shared, differences, per_run, unused = [], [], [], []
-    for key in keys:
+    shared, differences, per_run, unused, unset = [], [], [], [], []
+    bookkeeping = [k for k in keys if k in BOOKKEEPING]
+    for key in (k for k in keys if k not in BOOKKEEPING):
         by_group = {
             g: list(
                 dict.fromkeys(
@@ -148,8 +157,10 @@ def compare_configs(
             per_run.append(key)
         elif values == {UNUSED}:
             unused.append(key)
+        elif values - {UNUSED} <= set(UNSET):
+            unset.append(key)
         elif len(values) == 1:
             shared.append((key, values.pop()))
         else:
             differences.append((key, {g: vs[0] for g, vs in by_group.items()}))
-    return ConfigComparison(groups, shared, differences, per_run, unused)
+    return ConfigComparison(groups, shared, differences, per_run, unused, unset, bookkeeping)

@@ -7,7 +7,8 @@ HTML embeds every PNG as a base64 data URI (one file to mail or archive) and, on
 writes ``data-images-loaded="<loaded>/<total>"`` on ``<body>`` so a browser test can check images.
 
 Everything sits in one ``<main>`` column 1100 px wide at most; table cells and code wrap anywhere
-when they must, so that no table scrolls sideways or widens the page.
+when they must, and a table wider than :data:`MAX_COLUMNS` is split into several that repeat its
+key columns, so that no table scrolls sideways or widens the page.
 """
 
 from __future__ import annotations
@@ -47,6 +48,22 @@ window.addEventListener("load", function () {
 });
 """
 VERDICT_WORDS = ("pass", "fail", "undetermined")
+MAX_COLUMNS = 8
+"""Columns a table may have before it is split (eight short columns fit the 1100 px column)."""
+
+
+def split_columns(n: int, key_columns: int = 1) -> list[list[int]]:
+    """Column indices of the tables an ``n``-column table becomes: all of it when it has at most
+    MAX_COLUMNS columns, else the fewest even parts of the other columns, each after the first
+    ``key_columns``."""
+    if n <= MAX_COLUMNS:
+        return [list(range(n))]
+    others = list(range(key_columns, n))
+    per = max(MAX_COLUMNS - key_columns, 1)
+    parts = -(-len(others) // per)
+    size = -(-len(others) // parts)
+    keys = list(range(key_columns))
+    return [keys + others[i : i + size] for i in range(0, len(others), size)]
 
 
 @dataclass
@@ -72,11 +89,20 @@ class Doc:
     def code(self, text: str) -> None:
         self.blocks.append(("code", text))
 
-    def table(self, columns: Sequence[Column[Item]], items: Iterable[Item]) -> None:
-        """One row per item, one cell per column (nothing when there are no items)."""
+    def table(
+        self, columns: Sequence[Column[Item]], items: Iterable[Item], key_columns: int = 1
+    ) -> None:
+        """One row per item, one cell per column (nothing when there are no items). A table of
+        more than MAX_COLUMNS columns is split into as few tables as fit, of even widths, each
+        repeating the first ``key_columns`` columns (the row labels)."""
         cells = rows(columns, items)
-        if cells:
-            self.blocks.append(("table", (headers(columns), cells)))
+        if not cells:
+            return
+        titles = headers(columns)
+        for part in split_columns(len(titles), key_columns):
+            self.blocks.append(
+                ("table", ([titles[c] for c in part], [[row[c] for c in part] for row in cells]))
+            )
 
     @contextmanager
     def details(self, summary: str) -> Iterator[None]:
@@ -177,6 +203,8 @@ def _md_cell(c: object) -> str:
 
 
 def _td(c: object) -> str:
+    """A cell; a verdict (``pass``, ``fail, untested: ...``) is coloured by its first word."""
     text = str(c)
-    cls = f' class="{text}"' if text in VERDICT_WORDS else ""
+    word = text.split(",", 1)[0]
+    cls = f' class="{word}"' if word in VERDICT_WORDS else ""
     return f"<td{cls}>{_inline(text)}</td>"

@@ -1,16 +1,23 @@
-"""The experiment record (docs/memory_ffn.md): analysis.json, report.md, report.html, plots/.
+"""The study record (docs/memory_ffn.md): analysis.json, report.md, report.html, plots/.
 
-Sections, in order: summary; goal and hypotheses; pre-registration (hash, change flag); configuration
-(factors, groups, shared config, per-group differences); environment and git state; command lines;
-execution (times, per-run status); per budget: metrics, intervals, stability, comparison against the
-reference, effects, marginal gains, timing/memory/parameters, plots; generation samples; hypothesis
-verdicts; conclusions; definitions. Every number comes from :func:`analyse`; nothing is hand-written.
+The answer comes first, then the plots, then the detail. Sections, in order (:data:`SECTIONS`, one
+function each, all called as ``section(doc, ctx)``): header (what was run, warnings); answer
+(question, hypothesis verdicts with n, the primary metric per group with its intervals and the
+difference to the reference, the effects, conclusions); plots; goal and hypotheses;
+pre-registration; configuration (factors, groups, the shared settings that matter, every per-group
+difference); results in detail (per budget: every metric, intervals, stability, comparisons, the
+full effect tables, marginal gains, timing/memory/parameters, verdict evidence); execution;
+environment and command lines; generation samples; definitions; the full resolved configuration,
+folded. A new section is a function of ``(doc, ctx)`` added to :data:`SECTIONS` where it belongs.
+Every number comes from :func:`analyse`; nothing is hand-written.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from importlib import metadata
@@ -22,6 +29,7 @@ import pandas as pd
 from forgetlab.analysis import plots
 from forgetlab.analysis.analyse import analyse
 from forgetlab.analysis.columns import PHASES
+from forgetlab.analysis.configdiff import ConfigComparison, compare_configs
 from forgetlab.analysis.doc import Doc
 from forgetlab.analysis.document import (
     ANALYSIS_JSON,
@@ -37,9 +45,8 @@ from forgetlab.analysis.document import (
     to_json,
 )
 from forgetlab.analysis.effects import EffectTerm, FactorialResult
-from forgetlab.analysis.floor import UNIGRAM_MARGIN, Shortfall, shortfalls
 from forgetlab.analysis.gains import GainPoint
-from forgetlab.analysis.hypotheses import ALIASES, Verdict
+from forgetlab.analysis.hypotheses import ALIASES, TEST_FAMILIES, Verdict, identifier, referenced
 from forgetlab.analysis.load import Experiment, load_experiment
 from forgetlab.analysis.registry import REPORTED, SECONDARY
 from forgetlab.analysis.stats import Comparison, GroupStat
@@ -73,53 +80,11 @@ def ci(pair: Any) -> str:
     return "n/a (n < 2)" if not pair else f"[{fmt(pair[0])}, {fmt(pair[1])}]"
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, str]:
-    if isinstance(d, dict):
-        out: dict[str, str] = {}
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: json.dumps(d) if isinstance(d, list) else str(d)}
-
-
 HYPOTHESIS_COLUMNS: list[Column[RegisteredHypothesis]] = [
     Column("id", lambda hypothesis: hypothesis.id),
     Column("statement", lambda hypothesis: hypothesis.statement),
     Column("pass criterion", lambda hypothesis: f"`{hypothesis.criterion}`"),
 ]
-
-
-def section_header(doc: Doc, exp: Experiment, analysis: Analysis) -> None:
-    info, settings = analysis.experiment, analysis.settings
-    counts = ", ".join(f"{n} {status}" for status, n in analysis.status_counts.items())
-    better = "lower" if settings.primary_lower_is_better else "higher"
-    doc.p(
-        f"Design `{info.design}`, scale `{info.scale}`, {len(analysis.runs)} runs ({counts}); "
-        f"primary metric `{settings.primary}` ({better} "
-        f"is better); reference group `{info.reference}`. Written {datetime.now().astimezone():%Y-%m-%d %H:%M %Z}."
-    )
-    spec = exp.meta.get("spec") or {}
-    doc.h(2, "Goal and hypotheses")
-    goal = spec.get("goal") or spec.get("description") or spec.get("question")
-    doc.p(str(goal) if goal else "The spec states no goal (`goal` / `description`).")
-    doc.table(HYPOTHESIS_COLUMNS, analysis.preregistration.hypotheses)
-
-
-def section_glance(doc: Doc, analysis: Analysis) -> None:
-    """The verdicts first (details and evidence follow in each budget's section)."""
-    lines = []
-    for budget, result in analysis.budgets.items():
-        where = f" [{budget}]" if len(analysis.budgets) > 1 else ""
-        lines += [
-            f"{verdict.id}{where}: **{verdict.label}**: {verdict.statement}"
-            for verdict in result.hypotheses
-        ]
-        found = result.conclusions.minimal_set
-        if found and found.on is not None:
-            lines.append(f"Minimal mechanism set{where}: {', '.join(found.on) or 'none'}")
-    if lines:
-        doc.h(2, "At a glance")
-        doc.bullets(lines)
 
 
 PREREG_STATUS = {
@@ -129,8 +94,8 @@ PREREG_STATUS = {
 }
 
 
-def section_prereg(doc: Doc, prereg: Preregistration) -> None:
-    doc.h(2, "Pre-registration")
+def prereg_block(doc: Doc, prereg: Preregistration) -> None:
+    """The pre-registration's fields and status, with a warning when it changed or came late."""
     if prereg.status == "absent":
         doc.p("No pre-registration block: every test in this report is exploratory.")
         return
@@ -174,80 +139,6 @@ GROUP_COLUMNS: list[Column[GroupRow]] = [
 ]
 
 
-def section_config(doc: Doc, exp: Experiment, analysis: Analysis) -> None:
-    doc.h(2, "Configuration")
-    doc.table(FACTOR_COLUMNS, analysis.experiment.factors.items())
-    first = next(iter(analysis.budgets.values()), None)
-    if first:
-        doc.table(GROUP_COLUMNS, first.groups)
-    configs = {run_id: _flatten(rec.get("config") or {}) for run_id, rec in exp.records.items()}
-    if not configs:
-        return
-    keys = sorted(set().union(*configs.values()))
-    shared = [k for k in keys if len({c.get(k) for c in configs.values()}) == 1]
-    varying = [k for k in keys if k not in shared and not k.endswith(("name", "seed"))]
-    doc.h(3, "Shared run configuration")
-    any_config = next(iter(configs.values()))
-    doc.table(pair_columns("key"), [(k, any_config.get(k)) for k in shared])
-    group_of = dict(zip(exp.results["run_id"], exp.results["group"], strict=True))
-    groups = list(dict.fromkeys(group_of[r] for r in configs if r in group_of))
-    if varying and groups:
-        doc.h(3, "Per-group differences")
-
-        def values_in(group: str, key: str) -> str:
-            values = {configs[r].get(key) for r in configs if group_of.get(r) == group}
-            return ", ".join(sorted(str(x) for x in values))
-
-        columns = [Column("key", as_is), *[Column(g, partial(values_in, g)) for g in groups]]
-        doc.table(columns, varying)
-
-
-BASE_MODEL_COLUMNS: list[Column[dict[str, Any]]] = [
-    Column("key", lambda b: f"`{b['key']}`"),
-    Column("pretrained on", lambda b: ", ".join(b["domains"])),
-    Column("steps", lambda b: b["steps"]),
-    Column("tokens", lambda b: f"{b['train_tokens']:,}"),
-    Column("seed", lambda b: b["seed"]),
-    Column("weights sha256", lambda b: f"`{(b.get('sha256') or '?')[:12]}`"),
-    Column("stored at", lambda b: f"`{b['path']}`"),
-]
-
-
-def section_base_models(doc: Doc, exp: Experiment) -> None:
-    """The bases the runs started from (``[base_model]``): what each was pretrained on, for how
-    long, and which weights, so that row 0 of every R matrix can be traced to them."""
-    bases = exp.meta.get("base_models") or []
-    if not bases:
-        return
-    doc.h(3, "Base model" if len(bases) == 1 else "Base models")
-    doc.p(
-        "Every run starts from its base, pretrained once before the runs and shared: row 0 of "
-        "each R matrix scores the base, not a random model."
-    )
-    doc.table(BASE_MODEL_COLUMNS, bases)
-
-
-def section_environment(doc: Doc, exp: Experiment) -> None:
-    doc.h(2, "Environment")
-    env = exp.meta.get("env") or next(
-        (r.get("env") for r in exp.records.values() if r.get("env")), {}
-    )
-    git = env.get("git") or {}
-    items = [(k, env.get(k)) for k in ENV_KEYS if env.get(k) is not None]
-    items += [("git commit", f"`{git.get('commit')}`"), ("tree dirty", git.get("dirty"))]
-    for pkg in ("scipy", "statsmodels", "pandas", "matplotlib"):
-        try:
-            items.append((f"{pkg} (report)", metadata.version(pkg)))
-        except metadata.PackageNotFoundError:
-            continue
-    doc.table(pair_columns("item"), items)
-    if git.get("dirty"):
-        doc.warn("the working tree was dirty: the commit alone does not reproduce these runs.")
-    doc.h(2, "Command lines")
-    cmds = [shlex.join(map(str, c)) for c in exp.meta.get("commands") or []]
-    doc.code("\n".join(cmds) if cmds else "(no command recorded)")
-
-
 TIME_COLUMNS: list[Column[ExperimentInfo]] = [
     Column("started", lambda info: info.started),
     Column("finished", lambda info: info.finished),
@@ -262,63 +153,6 @@ RUN_COLUMNS: list[Column[RunRow]] = [
     Column("status", lambda run: run.status),
     Column("error", lambda run: run.error.splitlines()[0][:120] if run.error else ""),
 ]
-
-
-def section_execution(doc: Doc, analysis: Analysis) -> None:
-    doc.h(2, "Execution")
-    doc.table(TIME_COLUMNS, [analysis.experiment])
-    doc.table(RUN_COLUMNS, analysis.runs)
-    stopped = [run for run in analysis.runs if run.status in ("failed", "corrupt")]
-    if stopped:
-        doc.h(3, "Failed and corrupt runs (left out of every statistic)")
-        doc.bullets(
-            [
-                f"`{run.run_id}` ({run.group}, seed {run.seed}): **{run.status}**: "
-                f"{(run.error or 'no error recorded').splitlines()[0]}"
-                for run in stopped
-            ]
-        )
-
-
-def section_unigram_floor(doc: Doc, exp: Experiment) -> None:
-    """Warn in words, per group, about each domain whose just-learned loss is not clearly below its
-    unigram baseline (:mod:`forgetlab.analysis.floor`): its forgetting is then mostly the word
-    frequency prior moving, not the loss of anything learned."""
-    finished = exp.finished()
-    judged = [rid for rid in finished["run_id"] if (exp.records.get(rid) or {}).get("unigram")]
-    if not judged:
-        return
-    doc.h(2, "Learned beyond word frequencies?")
-    found: dict[tuple[str, str], list[Shortfall]] = {}
-    runs_of: dict[str, int] = {}
-    for rid, group in zip(finished["run_id"], finished["group"], strict=True):
-        if rid not in judged:
-            continue
-        runs_of[group] = runs_of.get(group, 0) + 1
-        for s in shortfalls(exp.records[rid]):
-            found.setdefault((group, s.domain), []).append(s)
-    if not found:
-        doc.p(
-            f"In every finished run each domain's loss right after its own stage is at least "
-            f"{UNIGRAM_MARGIN:.1f} nats below that domain's unigram baseline."
-        )
-        return
-    doc.warn(
-        f"Some just-learned losses are less than {UNIGRAM_MARGIN:.1f} nats below their domain's "
-        "unigram baseline: there the runs learned little beyond word frequencies, and the "
-        "forgetting measured on that domain is largely the frequency prior moving to the next one."
-    )
-    items = []
-    for (group, domain), ss in found.items():
-        if runs_of[group] == 1:
-            items.append(f"`{group}`: {ss[0].sentence()}")
-            continue
-        margins = sorted(s.margin for s in ss)
-        items.append(
-            f"`{group}`: {domain} in {len(ss)} of {runs_of[group]} runs (unigram minus "
-            f"just-learned loss {margins[0]:.2f} to {margins[-1]:.2f} nats)"
-        )
-    doc.bullets(items)
 
 
 def _duration(info: ExperimentInfo) -> str:
@@ -358,65 +192,403 @@ def reported_metrics(result: BudgetAnalysis, analysis: Analysis) -> list[str]:
     settings = analysis.settings
     present = {stat.metric for stat in result.group_stats}
     declared = [*settings.co_primary, *settings.secondary]
-    return list(dict.fromkeys(
-        m for m in (settings.primary, *declared, *REPORTED) if m in present
-    ))
+    return list(dict.fromkeys(m for m in (settings.primary, *declared, *REPORTED) if m in present))
 
 
-def section_results(
-    doc: Doc, result: BudgetAnalysis, analysis: Analysis, figs: Path, tag: str
-) -> None:
-    primary = analysis.settings.primary
-    metrics = reported_metrics(result, analysis)
-    groups = result.finished_groups
+def term_columns(fit: FactorialResult) -> list[Column[EffectTerm]]:
+    """The factorial terms' table (intervals only where the fit could be tested)."""
+    return [
+        Column("term", lambda term: term.term),
+        Column("effect", lambda term: term.estimate, fmt),
+        Column("95% CI", lambda term: ci(term.ci) if fit.testable else "n/a"),
+        Column("F", lambda term: term.F, fmt),
+        Column("p (raw)", lambda term: term.p, fmt),
+        Column(f"p ({fit.correction})", lambda term: term.p_corrected, fmt),
+        Column("partial η²", lambda term: term.partial_eta_sq, fmt),
+    ]
 
-    def n_runs(group: str) -> int:
-        stat = result.stat(group, primary)
-        return stat.n if stat else 0
 
-    def mean_sd(metric: str, group: str) -> str:
-        return _mean_sd(result.stat(group, metric))
+SECONDARY_COLUMNS: list[Column[tuple[str, FactorialResult, EffectTerm]]] = [
+    Column("metric", lambda row: f"`{row[0]}`"),
+    Column("term", lambda row: row[2].term),
+    Column("effect", lambda row: row[2].estimate, fmt),
+    Column("95% CI", lambda row: ci(row[2].ci) if row[1].testable else "n/a"),
+    Column("p (corrected)", lambda row: row[2].p_corrected, fmt),
+]
 
-    def difference(metric: str, group: str) -> str:
-        return _diff(result.comparison(group, metric))
 
-    doc.h(3, "Metrics per group (mean ± sd over finished runs)")
-    doc.table(
-        [
-            Column("group", as_is),
-            Column("n", n_runs),
-            *[Column(f"`{m}`", partial(mean_sd, m)) for m in metrics],
-        ],
-        groups,
+GAIN_COLUMNS: list[Column[GainPoint]] = [
+    Column("factor", lambda point: point.factor),
+    Column("level", lambda point: point.level),
+    Column("n", lambda point: point.n),
+    Column("mean", lambda point: point.value, fmt),
+    Column("training FLOPs", lambda point: point.flops, fmt),
+    Column("gain", lambda point: point.gain, fmt),
+    Column("extra FLOPs", lambda point: point.extra_flops, fmt),
+    Column("gain / extra FLOP", lambda point: point.marginal_gain_per_flop, fmt),
+]
+PERFORMANCE_COLUMNS: list[Column[GroupPerformance]] = [
+    Column("group", lambda perf: perf.group),
+    *[Column(f"{phase} s", lambda perf, phase=phase: perf.phase_s[phase], fmt) for phase in PHASES],
+    Column("tokens/s", lambda perf: perf.tokens_per_s, fmt),
+    Column("MFU", lambda perf: perf.mfu, fmt),
+    Column(
+        "peak RSS MiB",
+        lambda perf: perf.peak_rss_bytes / 2**20 if perf.peak_rss_bytes else None,
+        fmt,
+    ),
+    Column("params", lambda perf: perf.params_total, fmt),
+    Column("trainable", lambda perf: perf.params_trainable, fmt),
+]
+
+
+VERDICT_COLUMNS: list[Column[Verdict]] = [
+    Column("id", lambda verdict: verdict.id),
+    Column("criterion", lambda verdict: f"`{verdict.criterion}`"),
+    Column("verdict", lambda verdict: verdict.label),
+    Column(
+        "evidence (group means)",
+        lambda verdict: "; ".join(f"{name} = {fmt(x)}" for name, x in verdict.evidence.items()),
+    ),
+    Column(
+        "bootstrap support",
+        lambda verdict: "n/a" if verdict.support is None else f"{100 * verdict.support:.0f}%",
+    ),
+    Column("note", lambda verdict: verdict.note or ""),
+]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One budget's analysis with the finished runs it was computed from."""
+
+    name: str
+    result: BudgetAnalysis
+    frame: pd.DataFrame
+    tag: str  # prefix of its plot files ("" when the study has one budget)
+    where: str  # " (budget `x`)" in headings when the study has several budgets, else ""
+
+
+@dataclass
+class ReportContext:
+    """What every section reads: the study on disk, its typed analysis, where plots go, and the
+    plots already drawn (the plots section draws them; later sections may refer to them)."""
+
+    exp: Experiment
+    analysis: Analysis
+    figs: Path
+
+    @property
+    def primary(self) -> str:
+        return self.analysis.settings.primary
+
+    def budgets(self) -> Iterator[Budget]:
+        finished = self.exp.finished()
+        several = len(self.analysis.budgets) > 1
+        for name, result in self.analysis.budgets.items():
+            yield Budget(
+                name,
+                result,
+                finished[finished["budget"] == name],
+                f"{name}-" if several else "",
+                f" (budget `{name}`)" if several else "",
+            )
+
+
+Section = Callable[[Doc, ReportContext], None]
+
+
+# ---- the answer -------------------------------------------------------------------------------
+
+
+def section_header(doc: Doc, ctx: ReportContext) -> None:
+    """What was run, in one paragraph, and what the reader must know before trusting it."""
+    info, settings = ctx.analysis.experiment, ctx.analysis.settings
+    counts = ", ".join(f"{n} {status}" for status, n in ctx.analysis.status_counts.items())
+    better = "lower" if settings.primary_lower_is_better else "higher"
+    factors = f" over {', '.join(info.factors)}" if info.factors else ""
+    doc.p(
+        f"Design `{info.design}`{factors}, scale `{info.scale}`, {len(ctx.analysis.runs)} runs "
+        f"({counts}); primary metric `{settings.primary}` ({better} is better); reference group "
+        f"`{info.reference}`. Written {datetime.now().astimezone():%Y-%m-%d %H:%M %Z}."
     )
-    doc.h(3, f"Primary metric `{primary}`: intervals and stability")
-    doc.table(
-        INTERVAL_COLUMNS, [stat for group in groups if (stat := result.stat(group, primary))]
-    )
-    doc.image(
-        plots.plot_group_metric(result.group_stats, primary, figs, f"{tag}primary"),
-        f"{primary} per group, 95% t intervals",
-    )
-    if not result.reference_comparison:
+    prereg = ctx.analysis.preregistration
+    if prereg.changed:
+        doc.warn(
+            f"the pre-registration was {prereg.status.upper()} after the first run started: every "
+            "test below is exploratory (see Pre-registration)."
+        )
+    stopped = [r for r in ctx.analysis.runs if r.status in ("failed", "corrupt")]
+    if stopped:
+        doc.warn(
+            f"{len(stopped)} run(s) failed or are corrupt and are left out of every statistic "
+            "(see Execution)."
+        )
+    if not ctx.analysis.budgets:
+        doc.warn("no finished run: nothing to analyse yet.")
+
+
+def verdict_n(verdict: Verdict, result: BudgetAnalysis) -> str:
+    """The finished runs behind a verdict: per group it reads, or all runs when it reads only
+    the factorial terms (which are fitted on every run of the budget)."""
+    sizes = {identifier(g.group): (g.group, g.n_finished) for g in result.groups}
+    read = [
+        sizes[member]
+        for family, member in referenced(verdict.criterion)
+        if family not in (*TEST_FAMILIES, "effect") and member in sizes
+    ]
+    if not read:
+        return f"{result.n_finished} runs"
+    counts = dict(read)
+    if len(set(counts.values())) == 1:
+        return f"{next(iter(counts.values()))} per group"
+    return ", ".join(f"{g}: {n}" for g, n in counts.items())
+
+
+def answer_verdict_columns(result: BudgetAnalysis) -> list[Column[Verdict]]:
+    return [
+        Column("id", lambda verdict: verdict.id),
+        Column("statement", lambda verdict: verdict.statement),
+        Column("verdict", lambda verdict: verdict.label),
+        Column("n", lambda verdict: verdict_n(verdict, result)),
+    ]
+
+
+def answer_primary_columns(
+    result: BudgetAnalysis, reference: str | None
+) -> list[Column[GroupStat]]:
+    """Per group: n, mean, 95% t interval, and (with a reference) the Welch difference to it."""
+    columns: list[Column[GroupStat]] = [
+        Column("group", lambda stat: stat.group),
+        Column("n", lambda stat: stat.n),
+        Column("mean", lambda stat: stat.mean, fmt),
+        Column("95% CI", lambda stat: stat.t_ci, ci),
+    ]
+    if reference and result.reference_comparison:
+
+        def versus(stat: GroupStat) -> Comparison | None:
+            return result.comparison(stat.group, stat.metric)
+
+        columns += [
+            Column(
+                f"Δ vs `{reference}`",
+                lambda stat: _diff(versus(stat)) if versus(stat) else "reference",
+            ),
+            Column("95% CI of Δ", lambda stat: ci(found.ci) if (found := versus(stat)) else ""),
+            Column("p (Welch)", lambda stat: fmt(found.p) if (found := versus(stat)) else ""),
+        ]
+    return columns
+
+
+def answer_term_columns(fit: FactorialResult) -> list[Column[EffectTerm]]:
+    return [
+        Column("term", lambda term: term.term),
+        Column("effect", lambda term: term.estimate, fmt),
+        Column("95% CI", lambda term: ci(term.ci) if fit.testable else "n/a"),
+        Column(f"p ({fit.correction})", lambda term: term.p_corrected, fmt),
+    ]
+
+
+def section_answer(doc: Doc, ctx: ReportContext) -> None:
+    """The question and its answer: verdicts with their n, the primary metric per group with
+    intervals and differences to the reference, the effects, and the conclusions."""
+    if not ctx.analysis.budgets:
         return
-    doc.h(
-        3,
-        f"Against the reference group `{analysis.experiment.reference}` "
-        "(difference of means, relative)",
-    )
+    doc.h(2, "Answer")
+    goal = _goal(ctx.exp)
+    if goal:
+        doc.p(f"**Question:** {goal}")
+    primary, reference = ctx.primary, ctx.analysis.experiment.reference
+    for b in ctx.budgets():
+        if b.where:
+            doc.h(3, f"Budget `{b.name}`")
+        result = b.result
+        if result.hypotheses:
+            doc.p(f"**Hypotheses**{b.where}:")
+            doc.table(answer_verdict_columns(result), result.hypotheses)
+        doc.p(f"**`{primary}` per group**{b.where} (mean over finished runs, 95% t interval):")
+        doc.table(
+            answer_primary_columns(result, reference),
+            [s for g in result.finished_groups if (s := result.stat(g, primary))],
+        )
+        fit = result.factorial.get(primary)
+        if fit and fit.factors:
+            doc.p(f"**Effects on `{primary}`**{b.where} (mean(+1) − mean(−1)):")
+            if not fit.testable:
+                doc.p(f"No significance test: {fit.reason}.")
+            doc.table(answer_term_columns(fit), fit.terms)
+        doc.p(f"**Conclusions**{b.where}:")
+        statements = result.conclusions.statements
+        doc.bullets(statements or ["No conclusion can be drawn from these runs."])
+
+
+def _goal(exp: Experiment) -> str | None:
+    spec = exp.meta.get("spec") or {}
+    goal = spec.get("goal") or spec.get("description") or spec.get("question")
+    return str(goal) if goal else None
+
+
+def section_plots(doc: Doc, ctx: ReportContext) -> None:
+    """Every figure, right after the answer: the primary metric and effects first, then the
+    curves and R matrices, then the interactions, gains and costs."""
+    if not ctx.analysis.budgets:
+        return
+    doc.h(2, "Plots")
+    primary, exp, figs = ctx.primary, ctx.exp, ctx.figs
+    for b in ctx.budgets():
+        if b.where:
+            doc.h(3, f"Budget `{b.name}`")
+        result, tag = b.result, b.tag
+        doc.image(
+            plots.plot_group_metric(result.group_stats, primary, figs, f"{tag}primary"),
+            f"{primary} per group, 95% t intervals",
+        )
+        fit = result.factorial.get(primary)
+        if fit and fit.factors:
+            doc.image(
+                plots.plot_effects(fit, figs, f"{tag}effects"),
+                f"Effect decomposition of {primary}: main effects and interactions, 95% intervals",
+            )
+        drawn = plots.plot_learning_curves(exp, b.frame, figs, f"{tag}learning_curves")
+        if drawn:
+            doc.image(
+                drawn[0],
+                f"Training loss per group (mean over runs; order {drawn[1]}); dashed: stage "
+                "boundaries",
+            )
+        drawn = plots.plot_domain_curves(exp, b.frame, figs, f"{tag}domain_curves")
+        if drawn:
+            doc.image(
+                drawn[0],
+                f"Validation loss of each domain across the stream, per group (mean over runs; "
+                f"order {drawn[1]}); shaded: the stage that trains the domain",
+            )
+        doc.image(
+            plots.plot_r_heatmaps(exp, b.frame, figs, f"{tag}r_matrices"),
+            "Mean loss R matrix per group (rows: before training and after each stage)",
+        )
+        if fit and fit.factors:
+            doc.image(
+                plots.plot_interactions(b.frame, exp.factors, primary, figs, f"{tag}interactions"),
+                f"Interaction plots of {primary}",
+            )
+        if result.marginal_gains:
+            doc.image(
+                plots.plot_marginal_gains(result.marginal_gains, primary, figs, f"{tag}gains"),
+                "Marginal-gain curves",
+            )
+        doc.image(
+            plots.plot_performance(result.performance, figs, f"{tag}performance"),
+            "Parameters, training speed and peak memory per group",
+        )
+
+
+# ---- the detail -------------------------------------------------------------------------------
+
+
+def section_goal(doc: Doc, ctx: ReportContext) -> None:
+    doc.h(2, "Goal and hypotheses")
+    goal = _goal(ctx.exp)
+    doc.p(goal if goal else "The spec states no goal (`goal` / `description`).")
+    doc.table(HYPOTHESIS_COLUMNS, ctx.analysis.preregistration.hypotheses)
+
+
+def section_prereg(doc: Doc, ctx: ReportContext) -> None:
+    doc.h(2, "Pre-registration")
+    prereg_block(doc, ctx.analysis.preregistration)
+
+
+def mechanism_knob_defaults() -> dict[str, dict[str, Any]]:
+    """Each registered mechanism's knobs at their defaults (a spec lists only the knobs it sets;
+    the comparison needs the value every run used)."""
+    from forgetlab.mechanisms import MECHANISMS
+
+    return {
+        name: {
+            key: f.get_default(call_default_factory=True)
+            for key, f in cls.Knobs.model_fields.items()
+            if not f.is_required()
+        }
+        for name, cls in MECHANISMS.items()
+    }
+
+
+def config_comparison(exp: Experiment) -> ConfigComparison:
+    """The resolved configs of the study's runs compared across groups (every run with a
+    readable record, finished or not: they were all configured)."""
+    group_of = dict(zip(exp.results["run_id"], exp.results["group"].astype(str), strict=True))
+    configs = {r: rec.get("config") or {} for r, rec in exp.records.items() if r in group_of}
+    return compare_configs(configs, group_of, mechanism_knob_defaults())
+
+
+def _by_section(shared: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Shared settings as one row per config section: ``key = value; ...``."""
+    rows: dict[str, list[str]] = {}
+    for key, value in shared:
+        section, _, rest = key.partition(".")
+        rows.setdefault(section if rest else "run", []).append(f"`{rest or key}` = {value}")
+    return [(section, "; ".join(items)) for section, items in rows.items()]
+
+
+def _key_summary(keys: list[str], every: set[str]) -> str:
+    """Keys for a sentence: ``model.moe.*`` when these are all the knobs of a part (a key two
+    levels deep or more; ``every`` holds all the keys), each key itself otherwise."""
+    parts: list[str] = []
+    for key in keys:
+        head = key.rsplit(".", 1)[0]
+        under = {k for k in every if k.startswith(f"{head}.")}
+        whole = "." in head and len(under) > 1 and under <= set(keys)
+        name = f"`{head}.*`" if whole else f"`{key}`"
+        if name not in parts:
+            parts.append(name)
+    return ", ".join(parts)
+
+
+def section_config(doc: Doc, ctx: ReportContext) -> None:
+    """Factors, groups, the settings every run shares that matter, and every per-group
+    difference; the full resolved configs are folded at the end of the report."""
+    doc.h(2, "Configuration")
+    doc.table(FACTOR_COLUMNS, ctx.analysis.experiment.factors.items())
+    first = next(iter(ctx.analysis.budgets.values()), None)
+    if first:
+        doc.table(GROUP_COLUMNS, first.groups)
+    if not ctx.exp.records:
+        return
+    comparison = config_comparison(ctx.exp)
+    doc.h(3, "Shared settings")
     doc.table(
-        [Column("group", as_is), *[Column(f"`{m}`", partial(difference, m)) for m in metrics]],
-        [group for group in groups if any(result.comparison(group, m) for m in metrics)],
+        pair_columns("section", "settings (the same in every run)"), _by_section(comparison.shared)
     )
-    doc.table(
+    left_out = [
+        (comparison.unused, "settings of parts no run uses"),
+        (comparison.unset, "settings no run sets (null or empty: the default rule applies)"),
+        (comparison.bookkeeping, "settings of where and how often runs write"),
+    ]
+    every = {k for keys, _ in left_out for k in keys} | {k for k, _ in comparison.shared}
+    every |= {k for k, _ in comparison.differences} | set(comparison.per_run)
+    doc.bullets(
         [
-            Column("group", lambda comparison: comparison.group),
-            Column(f"Δ `{primary}`", lambda comparison: comparison.diff, fmt),
-            Column("95% Welch CI", lambda comparison: comparison.ci, ci),
-            Column("p (Welch, raw)", lambda comparison: comparison.p, fmt),
-        ],
-        [found for group in groups if (found := result.comparison(group, primary))],
+            f"Left out: {len(keys)} {what}: {_key_summary(keys, every)}."
+            for keys, what in left_out
+            if keys
+        ]
     )
+    if comparison.per_run:
+        doc.p(
+            "Vary between the runs of a group (see the groups table): "
+            + ", ".join(f"`{k}`" for k in comparison.per_run)
+            + "."
+        )
+    doc.h(3, "Per-group differences")
+    if not comparison.differences:
+        doc.p("None: every group runs the same configuration apart from its factor levels.")
+        return
+    doc.p('"unused": the group does not use the part this setting configures.')
+    columns = [
+        Column("setting", lambda difference: f"`{difference[0]}`"),
+        *[Column(g, lambda difference, g=g: difference[1][g]) for g in comparison.groups],
+    ]
+    doc.table(columns, comparison.differences)
 
 
 PROBE_COLUMN = "loss.probe_forgetting"
@@ -426,7 +598,7 @@ def section_probes(doc: Doc, exp: Experiment, frame: pd.DataFrame, result: Budge
     """General ability (``data.probes``, never trained on): each group's probe loss after the
     stream minus before it, per probe and mean over the probes, and where the probes started."""
     prefix = f"{PROBE_COLUMN}@"
-    probes = [c[len(prefix):] for c in frame.columns if c.startswith(prefix)]
+    probes = [c[len(prefix) :] for c in frame.columns if c.startswith(prefix)]
     if not probes:
         return
 
@@ -466,65 +638,109 @@ def section_probes(doc: Doc, exp: Experiment, frame: pd.DataFrame, result: Budge
     )
 
 
-def term_columns(fit: FactorialResult) -> list[Column[EffectTerm]]:
-    """The factorial terms' table (intervals only where the fit could be tested)."""
-    return [
-        Column("term", lambda term: term.term),
-        Column("effect", lambda term: term.estimate, fmt),
-        Column("95% CI", lambda term: ci(term.ci) if fit.testable else "n/a"),
-        Column("F", lambda term: term.F, fmt),
-        Column("p (raw)", lambda term: term.p, fmt),
-        Column(f"p ({fit.correction})", lambda term: term.p_corrected, fmt),
-        Column("partial η²", lambda term: term.partial_eta_sq, fmt),
-    ]
-
-
-SECONDARY_COLUMNS: list[Column[tuple[str, FactorialResult, EffectTerm]]] = [
-    Column("metric", lambda row: f"`{row[0]}`"),
-    Column("term", lambda row: row[2].term),
-    Column("effect", lambda row: row[2].estimate, fmt),
-    Column("95% CI", lambda row: ci(row[2].ci) if row[1].testable else "n/a"),
-    Column("p (corrected)", lambda row: row[2].p_corrected, fmt),
+BASE_MODEL_COLUMNS: list[Column[dict[str, Any]]] = [
+    Column("key", lambda b: f"`{b['key']}`"),
+    Column("pretrained on", lambda b: ", ".join(b["domains"])),
+    Column("steps", lambda b: b["steps"]),
+    Column("tokens", lambda b: f"{b['train_tokens']:,}"),
+    Column("seed", lambda b: b["seed"]),
+    Column("weights sha256", lambda b: f"`{(b.get('sha256') or '?')[:12]}`"),
+    Column("stored at", lambda b: f"`{b['path']}`"),
 ]
 
 
-def section_effects(
-    doc: Doc,
-    exp: Experiment,
-    frame: pd.DataFrame,
-    result: BudgetAnalysis,
-    analysis: Analysis,
-    figs: Path,
-    tag: str,
-) -> None:
-    primary = analysis.settings.primary
-    fit = result.factorial.get(primary)
-    if not fit or not fit.factors:
+def base_models_block(doc: Doc, exp: Experiment) -> None:
+    """The bases the runs started from (``[base_model]``): what each was pretrained on, for how
+    long, and which weights, so that row 0 of every R matrix can be traced to them."""
+    bases = exp.meta.get("base_models") or []
+    if not bases:
         return
-    doc.h(3, f"Factorial effects on `{primary}` (pre-registered test)")
+    doc.h(3, "Base model" if len(bases) == 1 else "Base models")
     doc.p(
-        "Effect = mean(+1) − mean(−1) = 2 × OLS coefficient under ±1 effect coding; model with all "
-        f"interactions{', order as a block' if fit.blocked else ''}; type III ANOVA; "
-        f"p corrected with `{fit.correction}` across the factorial terms."
+        "Every run starts from its base, pretrained once before the runs and shared: row 0 of "
+        "each R matrix scores the base, not a random model."
     )
-    if not fit.testable:
-        doc.warn(
-            f"no significance test: {fit.reason}. Estimates only, without intervals or p-values."
+    doc.table(BASE_MODEL_COLUMNS, bases)
+
+
+def section_base_models(doc: Doc, ctx: ReportContext) -> None:
+    base_models_block(doc, ctx.exp)
+
+
+def section_results_detail(doc: Doc, ctx: ReportContext) -> None:
+    """Per budget: every reported metric, intervals and stability, comparisons to the reference,
+    the full effect tables, marginal gains, costs and the evidence of every verdict."""
+    for b in ctx.budgets():
+        doc.h(2, f"Results in detail{b.where}")
+        metrics_detail(doc, ctx, b.result)
+        section_probes(doc, ctx.exp, b.frame, b.result)
+        effects_detail(doc, ctx, b.result)
+        costs_detail(doc, b.result)
+        if b.result.hypotheses:
+            doc.h(3, "Hypothesis verdicts and their evidence")
+            doc.table(VERDICT_COLUMNS, b.result.hypotheses)
+
+
+def metrics_detail(doc: Doc, ctx: ReportContext, result: BudgetAnalysis) -> None:
+    primary = ctx.primary
+    metrics = reported_metrics(result, ctx.analysis)
+    groups = result.finished_groups
+
+    def n_runs(group: str) -> int:
+        stat = result.stat(group, primary)
+        return stat.n if stat else 0
+
+    def mean_sd(metric: str, group: str) -> str:
+        return _mean_sd(result.stat(group, metric))
+
+    def difference(metric: str, group: str) -> str:
+        return _diff(result.comparison(group, metric))
+
+    doc.h(3, "Metrics per group (mean ± sd over finished runs)")
+    doc.table(
+        [
+            Column("group", as_is),
+            Column("n", n_runs),
+            *[Column(f"`{m}`", partial(mean_sd, m)) for m in metrics],
+        ],
+        groups,
+        key_columns=2,
+    )
+    doc.h(3, f"Primary metric `{primary}`: intervals and stability")
+    doc.table(INTERVAL_COLUMNS, [s for g in groups if (s := result.stat(g, primary))])
+    if result.reference_comparison:
+        doc.h(
+            3,
+            f"Against the reference group `{ctx.analysis.experiment.reference}` "
+            "(difference of means, relative)",
         )
-    doc.table(term_columns(fit), fit.terms)
-    if fit.block:
-        block = fit.block
+        doc.table(
+            [Column("group", as_is), *[Column(f"`{m}`", partial(difference, m)) for m in metrics]],
+            [g for g in groups if any(result.comparison(g, m) for m in metrics)],
+        )
+
+
+def effects_detail(doc: Doc, ctx: ReportContext, result: BudgetAnalysis) -> None:
+    fit = result.factorial.get(ctx.primary)
+    if fit and fit.factors:
+        doc.h(3, f"Factorial effects on `{ctx.primary}` (pre-registered test)")
         doc.p(
-            f"Order block: F = {fmt(block.F)}, p = {fmt(block.p)}, partial η² = {fmt(block.partial_eta_sq)}."
+            "Effect = mean(+1) − mean(−1) = 2 × OLS coefficient under ±1 effect coding; model with "
+            f"all interactions{', order as a block' if fit.blocked else ''}; type III ANOVA; "
+            f"p corrected with `{fit.correction}` across the factorial terms."
         )
-    doc.image(
-        plots.plot_effects(fit, figs, f"{tag}effects"),
-        f"Effect decomposition of {primary}: main effects and interactions, 95% intervals",
-    )
-    doc.image(
-        plots.plot_interactions(frame, exp.factors, primary, figs, f"{tag}interactions"),
-        f"Interaction plots of {primary}",
-    )
+        if not fit.testable:
+            doc.warn(
+                f"no significance test: {fit.reason}. Estimates only, without intervals or "
+                "p-values."
+            )
+        doc.table(term_columns(fit), fit.terms)
+        if fit.block:
+            block = fit.block
+            doc.p(
+                f"Order block: F = {fmt(block.F)}, p = {fmt(block.p)}, partial η² = "
+                f"{fmt(block.partial_eta_sq)}."
+            )
     secondary = [
         (metric, fit_m, term)
         for metric in SECONDARY
@@ -536,92 +752,57 @@ def section_effects(
         doc.table(SECONDARY_COLUMNS, secondary)
 
 
-GAIN_COLUMNS: list[Column[GainPoint]] = [
-    Column("factor", lambda point: point.factor),
-    Column("level", lambda point: point.level),
-    Column("n", lambda point: point.n),
-    Column("mean", lambda point: point.value, fmt),
-    Column("training FLOPs", lambda point: point.flops, fmt),
-    Column("gain", lambda point: point.gain, fmt),
-    Column("extra FLOPs", lambda point: point.extra_flops, fmt),
-    Column("gain / extra FLOP", lambda point: point.marginal_gain_per_flop, fmt),
-]
-PERFORMANCE_COLUMNS: list[Column[GroupPerformance]] = [
-    Column("group", lambda perf: perf.group),
-    *[Column(f"{phase} s", lambda perf, phase=phase: perf.phase_s[phase], fmt) for phase in PHASES],
-    Column("tokens/s", lambda perf: perf.tokens_per_s, fmt),
-    Column("MFU", lambda perf: perf.mfu, fmt),
-    Column(
-        "peak RSS MiB",
-        lambda perf: perf.peak_rss_bytes / 2**20 if perf.peak_rss_bytes else None,
-        fmt,
-    ),
-    Column("params", lambda perf: perf.params_total, fmt),
-    Column("trainable", lambda perf: perf.params_trainable, fmt),
-]
-
-
-def section_gains_and_perf(
-    doc: Doc, result: BudgetAnalysis, analysis: Analysis, figs: Path, tag: str
-) -> None:
-    primary = analysis.settings.primary
+def costs_detail(doc: Doc, result: BudgetAnalysis) -> None:
     if result.marginal_gains:
         doc.h(3, "Marginal gains (primary metric against extra training FLOPs)")
         doc.table(
             GAIN_COLUMNS, [point for curve in result.marginal_gains.values() for point in curve]
         )
-        doc.image(
-            plots.plot_marginal_gains(result.marginal_gains, primary, figs, f"{tag}gains"),
-            "Marginal-gain curves",
-        )
     doc.h(3, "Timing, memory and parameters (means per group)")
     doc.table(PERFORMANCE_COLUMNS, result.performance)
-    doc.image(
-        plots.plot_performance(result.performance, figs, f"{tag}performance"),
-        "Parameters, training speed and peak memory per group",
+
+
+def section_execution(doc: Doc, ctx: ReportContext) -> None:
+    analysis = ctx.analysis
+    doc.h(2, "Execution")
+    doc.table(TIME_COLUMNS, [analysis.experiment])
+    doc.table(RUN_COLUMNS, analysis.runs)
+    stopped = [run for run in analysis.runs if run.status in ("failed", "corrupt")]
+    if stopped:
+        doc.h(3, "Failed and corrupt runs (left out of every statistic)")
+        doc.bullets(
+            [
+                f"`{run.run_id}` ({run.group}, seed {run.seed}): **{run.status}**: "
+                f"{(run.error or 'no error recorded').splitlines()[0]}"
+                for run in stopped
+            ]
+        )
+
+
+def section_environment(doc: Doc, ctx: ReportContext) -> None:
+    exp = ctx.exp
+    doc.h(2, "Environment")
+    env = exp.meta.get("env") or next(
+        (r.get("env") for r in exp.records.values() if r.get("env")), {}
     )
+    git = env.get("git") or {}
+    items = [(k, env.get(k)) for k in ENV_KEYS if env.get(k) is not None]
+    items += [("git commit", f"`{git.get('commit')}`"), ("tree dirty", git.get("dirty"))]
+    for pkg in ("scipy", "statsmodels", "pandas", "matplotlib"):
+        try:
+            items.append((f"{pkg} (report)", metadata.version(pkg)))
+        except metadata.PackageNotFoundError:
+            continue
+    doc.table(pair_columns("item"), items)
+    if git.get("dirty"):
+        doc.warn("the working tree was dirty: the commit alone does not reproduce these runs.")
+    doc.h(2, "Command lines")
+    cmds = [shlex.join(map(str, c)) for c in exp.meta.get("commands") or []]
+    doc.code("\n".join(cmds) if cmds else "(no command recorded)")
 
 
-def section_curves(doc: Doc, exp: Experiment, frame: Any, figs: Path, tag: str) -> None:
-    """Training loss and per-domain validation loss across the stream, stages marked."""
-    drawn = plots.plot_learning_curves(exp, frame, figs, f"{tag}learning_curves")
-    if drawn:
-        doc.image(
-            drawn[0],
-            f"Training loss per group (mean over runs; order {drawn[1]}); dashed: stage boundaries",
-        )
-    drawn = plots.plot_domain_curves(exp, frame, figs, f"{tag}domain_curves")
-    if drawn:
-        doc.image(
-            drawn[0],
-            f"Validation loss of each domain across the stream, per group (mean over runs; order "
-            f"{drawn[1]}); shaded: the stage that trains the domain",
-        )
-
-
-VERDICT_COLUMNS: list[Column[Verdict]] = [
-    Column("id", lambda verdict: verdict.id),
-    Column("criterion", lambda verdict: f"`{verdict.criterion}`"),
-    Column("verdict", lambda verdict: verdict.label),
-    Column(
-        "evidence (group means)",
-        lambda verdict: "; ".join(f"{name} = {fmt(x)}" for name, x in verdict.evidence.items()),
-    ),
-    Column("bootstrap support", lambda verdict: "n/a" if verdict.support is None else f"{100 * verdict.support:.0f}%"),
-    Column("note", lambda verdict: verdict.note or ""),
-]
-
-
-def section_verdicts(doc: Doc, result: BudgetAnalysis) -> None:
-    if result.hypotheses:
-        doc.h(3, "Hypothesis verdicts")
-        doc.table(VERDICT_COLUMNS, result.hypotheses)
-    doc.h(3, "Conclusions")
-    statements = result.conclusions.statements
-    doc.bullets(statements or ["No conclusion can be drawn from these runs."])
-
-
-def section_samples(doc: Doc, exp: Experiment) -> None:
+def section_samples(doc: Doc, ctx: ReportContext) -> None:
+    exp = ctx.exp
     first = exp.results.drop_duplicates("group")["run_id"]
     samples = [
         (r, exp.records[r]["samples"]) for r in first if exp.records.get(r, {}).get("samples")
@@ -647,7 +828,7 @@ ALIAS_COLUMNS: list[Column[tuple[str, tuple[str, Any, str]]]] = [
 ]
 
 
-def section_definitions(doc: Doc) -> None:
+def section_definitions(doc: Doc, ctx: ReportContext) -> None:
     doc.h(2, "Definitions")
     doc.bullets(
         [
@@ -670,36 +851,50 @@ def section_definitions(doc: Doc) -> None:
     doc.table(ALIAS_COLUMNS, ALIASES.items())
 
 
+def section_config_appendix(doc: Doc, ctx: ReportContext) -> None:
+    """The full resolved configuration of each group's first run, folded (HTML ``<details>``)."""
+    firsts = ctx.exp.results.drop_duplicates("group")
+    shown = [
+        (str(g), r)
+        for g, r in zip(firsts["group"], firsts["run_id"], strict=True)
+        if (ctx.exp.records.get(r) or {}).get("config")
+    ]
+    if not shown:
+        return
+    doc.h(2, "Appendix: full resolved configuration")
+    doc.p(
+        "Each group's first run, as the run resolved it (other runs of a group differ only in "
+        "the settings listed under Configuration)."
+    )
+    for group, rid in shown:
+        with doc.details(f"{group}: run {rid}"):
+            doc.code(json.dumps(ctx.exp.records[rid]["config"], indent=2))
+
+
+SECTIONS: tuple[Section, ...] = (
+    section_header,
+    section_answer,
+    section_plots,
+    section_goal,
+    section_prereg,
+    section_config,
+    section_base_models,
+    section_results_detail,
+    section_execution,
+    section_environment,
+    section_samples,
+    section_definitions,
+    section_config_appendix,
+)
+"""The report's sections in order: the answer, the plots, then the detail."""
+
+
 def build(exp: Experiment, analysis: Analysis, figs: Path) -> Doc:
     """The report document (plots are drawn into ``figs`` as it is built)."""
-    doc = Doc(f"Experiment record: {exp.name}")
-    section_header(doc, exp, analysis)
-    section_glance(doc, analysis)
-    section_prereg(doc, analysis.preregistration)
-    section_config(doc, exp, analysis)
-    section_base_models(doc, exp)
-    section_environment(doc, exp)
-    section_execution(doc, analysis)
-    section_unigram_floor(doc, exp)
-    finished = exp.finished()
-    for budget, result in analysis.budgets.items():
-        tag = f"{budget}-" if len(analysis.budgets) > 1 else ""
-        frame = finished[finished["budget"] == budget]
-        doc.h(2, f"Results, budget `{budget}`" if tag else "Results")
-        section_results(doc, result, analysis, figs, tag)
-        section_probes(doc, exp, frame, result)
-        section_effects(doc, exp, frame, result, analysis, figs, tag)
-        section_gains_and_perf(doc, result, analysis, figs, tag)
-        doc.image(
-            plots.plot_r_heatmaps(exp, frame, figs, f"{tag}r_matrices"),
-            "Mean loss R matrix per group (rows: after each stage)",
-        )
-        section_curves(doc, exp, frame, figs, tag)
-        section_verdicts(doc, result)
-    if not analysis.budgets:
-        doc.warn("no finished run: nothing to analyse yet.")
-    section_samples(doc, exp)
-    section_definitions(doc)
+    doc = Doc(f"Study record: {exp.name}")
+    ctx = ReportContext(exp, analysis, figs)
+    for section in SECTIONS:
+        section(doc, ctx)
     return doc
 
 
