@@ -94,3 +94,12 @@ def test_unset_and_bookkeeping_settings_are_left_out_of_both_tables():
     assert {"model.n_kv_head", "model.d_ff", "data.sources"} <= set(c.unset)
     assert "mechanisms.replay.policy" in c.unset  # null wherever replay is used
     assert diffs["mechanisms.replay.capacity"] == {"A": "64", "B": UNUSED}
+
+
+def test_sleep_knobs_of_the_source_it_does_not_use_are_unused():
+    real = flatten_config({"mechanisms": [{"name": "sleep", "source": "real", "top_k": 50}]})
+    generated = flatten_config(
+        {"mechanisms": [{"name": "sleep", "source": "generated", "policy": "x"}]}
+    )
+    assert {"mechanisms.sleep.top_k"} == unused_keys(real)
+    assert {"mechanisms.sleep.policy"} == unused_keys(generated)

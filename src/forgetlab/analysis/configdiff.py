@@ -58,6 +58,12 @@ USED_WHEN: tuple[tuple[str, Callable[[Flat], bool]], ...] = (
     ("model.sparsity_init", _is_not("model.sparsity", "none")),
     ("train.sample_tokens", _positive("train.samples")),
     ("train.sample_temperature", _positive("train.samples")),
+    # sleep replays either stored real rows or generated ones (mechanisms/sleep.py)
+    *(
+        (f"mechanisms.sleep.{knob}", _is("mechanisms.sleep.source", "generated"))
+        for knob in ("temperature", "top_k", "prompt", "prompt_tokens", "gen_batch_size")
+    ),
+    ("mechanisms.sleep.policy", _is("mechanisms.sleep.source", "real")),
 )
 """A key (or every key under a prefix ending in ".") is used only when its condition holds on the
 run's flattened config: the part that reads it is switched on (see the knobs' descriptions in

@@ -6,8 +6,8 @@ with no template language and no new dependency. Inline text understands ``code`
 HTML embeds every PNG as a base64 data URI (one file to mail or archive) and, on window load,
 writes ``data-images-loaded="<loaded>/<total>"`` on ``<body>`` so a browser test can check images.
 
-Everything sits in one ``<main>`` column 1100 px wide at most; table cells and code wrap anywhere
-when they must, and a table wider than :data:`MAX_COLUMNS` is split into several that repeat its
+Everything sits in one ``<main>`` column 1100 px wide at most; table cells wrap between words,
+and code (config keys, hashes, criteria) and code blocks break anywhere when they must, and a table wider than :data:`MAX_COLUMNS` is split into several that repeat its
 key columns, so that no table scrolls sideways or widens the page.
 """
 
@@ -30,7 +30,7 @@ main{max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45}
 h1{border-bottom:2px solid #444}h2{border-bottom:1px solid #ccc;margin-top:2em}
 table{border-collapse:collapse;margin:.8em 0;font-size:.85em;max-width:100%}
 th,td{border:1px solid #ccc;padding:.25em .55em;text-align:left;vertical-align:top;
-overflow-wrap:anywhere}
+overflow-wrap:break-word}td code,th code{overflow-wrap:anywhere}
 th{background:#f0f3f6}tr:nth-child(even) td{background:#fafbfc}
 code,pre{background:#f4f4f4;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.9em}
 pre{padding:.6em;white-space:pre-wrap;overflow-wrap:anywhere}
