@@ -12,7 +12,7 @@ from synthetic_experiment import DOMAINS, write_experiment
 from forgetlab.analysis.doc import Doc
 from forgetlab.analysis.floor import UNIGRAM_MARGIN, shortfalls
 from forgetlab.analysis.load import load_experiment
-from forgetlab.analysis.report import section_unigram_floor
+from forgetlab.analysis.report import unigram_floor_block
 from forgetlab.cli.render import print_run_summary
 
 
@@ -82,7 +82,7 @@ def test_report_names_the_group_and_domain_near_unigram(tmp_path):
         near = rid.startswith("T0W0R0") and first == "code"
         rec["unigram"] = {"loss": [3.2 if near and d == "code" else 5.0 for d in rec["domains"]]}
     doc = Doc("t")
-    section_unigram_floor(doc, exp)
+    unigram_floor_block(doc, exp)
     text = doc.markdown(tmp_path)
     assert "less than 0.5 nats below their domain's unigram baseline" in text
     assert "`T0W0R0`: code in 2 of 4 runs" in text  # the forward order's 2 seeds
@@ -91,5 +91,5 @@ def test_report_names_the_group_and_domain_near_unigram(tmp_path):
     for rec in exp.records.values():
         rec["unigram"] = {"loss": [5.0] * len(rec["domains"])}
     clear = Doc("t")
-    section_unigram_floor(clear, exp)
+    unigram_floor_block(clear, exp)
     assert "at least 0.5 nats below" in clear.markdown(tmp_path)

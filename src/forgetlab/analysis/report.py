@@ -3,7 +3,8 @@
 The answer comes first, then the plots, then the detail. Sections, in order (:data:`SECTIONS`, one
 function each, all called as ``section(doc, ctx)``): header (what was run, warnings); answer
 (question, hypothesis verdicts with n, the primary metric per group with its intervals and the
-difference to the reference, the effects, conclusions); plots; goal and hypotheses;
+difference to the reference, the effects, conclusions); whether the runs learned beyond word
+frequencies; plots; goal and hypotheses;
 pre-registration; configuration (factors, groups, the shared settings that matter, every per-group
 difference); results in detail (per budget: every metric, intervals, stability, comparisons, the
 full effect tables, marginal gains, timing/memory/parameters, verdict evidence); execution;
@@ -45,6 +46,7 @@ from forgetlab.analysis.document import (
     to_json,
 )
 from forgetlab.analysis.effects import EffectTerm, FactorialResult
+from forgetlab.analysis.floor import UNIGRAM_MARGIN, Shortfall, shortfalls
 from forgetlab.analysis.gains import GainPoint
 from forgetlab.analysis.hypotheses import ALIASES, TEST_FAMILIES, Verdict, identifier, referenced
 from forgetlab.analysis.load import Experiment, load_experiment
@@ -426,6 +428,51 @@ def _goal(exp: Experiment) -> str | None:
     spec = exp.meta.get("spec") or {}
     goal = spec.get("goal") or spec.get("description") or spec.get("question")
     return str(goal) if goal else None
+
+
+def unigram_floor_block(doc: Doc, exp: Experiment) -> None:
+    """Warn in words, per group, about each domain whose just-learned loss is not clearly below its
+    unigram baseline (:mod:`forgetlab.analysis.floor`): its forgetting is then mostly the word
+    frequency prior moving, not the loss of anything learned."""
+    finished = exp.finished()
+    judged = [rid for rid in finished["run_id"] if (exp.records.get(rid) or {}).get("unigram")]
+    if not judged:
+        return
+    doc.h(2, "Learned beyond word frequencies?")
+    found: dict[tuple[str, str], list[Shortfall]] = {}
+    runs_of: dict[str, int] = {}
+    for rid, group in zip(finished["run_id"], finished["group"], strict=True):
+        if rid not in judged:
+            continue
+        runs_of[group] = runs_of.get(group, 0) + 1
+        for s in shortfalls(exp.records[rid]):
+            found.setdefault((group, s.domain), []).append(s)
+    if not found:
+        doc.p(
+            f"In every finished run each domain's loss right after its own stage is at least "
+            f"{UNIGRAM_MARGIN:.1f} nats below that domain's unigram baseline."
+        )
+        return
+    doc.warn(
+        f"Some just-learned losses are less than {UNIGRAM_MARGIN:.1f} nats below their domain's "
+        "unigram baseline: there the runs learned little beyond word frequencies, and the "
+        "forgetting measured on that domain is largely the frequency prior moving to the next one."
+    )
+    items = []
+    for (group, domain), ss in found.items():
+        if runs_of[group] == 1:
+            items.append(f"`{group}`: {ss[0].sentence()}")
+            continue
+        margins = sorted(s.margin for s in ss)
+        items.append(
+            f"`{group}`: {domain} in {len(ss)} of {runs_of[group]} runs (unigram minus "
+            f"just-learned loss {margins[0]:.2f} to {margins[-1]:.2f} nats)"
+        )
+    doc.bullets(items)
+
+
+def section_unigram_floor(doc: Doc, ctx: ReportContext) -> None:
+    unigram_floor_block(doc, ctx.exp)
 
 
 def section_plots(doc: Doc, ctx: ReportContext) -> None:
@@ -874,6 +921,7 @@ def section_config_appendix(doc: Doc, ctx: ReportContext) -> None:
 SECTIONS: tuple[Section, ...] = (
     section_header,
     section_answer,
+    section_unigram_floor,
     section_plots,
     section_goal,
     section_prereg,
