@@ -123,8 +123,10 @@ def _weights_part(dump: dict[str, Any], drop: dict[str, Any]) -> dict[str, Any]:
 
 
 def declaration(base: RunConfig) -> dict[str, Any]:
-    """The part of the base's run config that decides its weights (see :data:`NOT_WEIGHTS`)."""
-    return _weights_part(base.model_dump(mode="json"), NOT_WEIGHTS)
+    """The part of the base's run config that decides its weights (see :data:`NOT_WEIGHTS`).
+    Fields at their default are left out, as in run ids: a forgetlab version that adds a config
+    field keeps every base's key."""
+    return _weights_part(base.model_dump(mode="json", exclude_defaults=True), NOT_WEIGHTS)
 
 
 def _digest(doc: dict[str, Any]) -> str:
