@@ -52,6 +52,7 @@ def new_state(seed: int = 0) -> tuple[RunState, torch.nn.Linear, Counter]:
         timing=PhaseTimer(torch.device("cpu")),
         mech_flops_at_stage_start=0.0,
         mechanisms=MechanismStates([mech]),
+        new_data_per_domain={"code": 0},
         started="t0",
     )
     return state, model, mech
@@ -73,7 +74,8 @@ def test_a_restored_state_continues_exactly_where_the_saved_one_was():
     mech.n = 5
     saved = state.state_dict()
     assert list(saved) == ["config_hash", "cursor", "optimizer", "rng", "R", "probes_R", "curves",
-                           "flops", "timing", "mech_flops_at_stage_start", "mechanisms", "started"]
+                           "flops", "timing", "mech_flops_at_stage_start", "mechanisms",
+                           "new_data_per_domain", "started"]
     assert saved["cursor"] == {"stage": 1, "step": 2, "global_step": 7}
     expected = draws(state)
 

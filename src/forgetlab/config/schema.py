@@ -253,6 +253,12 @@ class TrainConfig(_Strict):
     min_lr: float = Field(1e-4, ge=0)
     warmup_steps: int = Field(20, ge=0)
     rewarm: bool = Field(True, description="restart warmup + cosine at every stage")
+    joint: Literal["proportional", "uniform"] | None = Field(
+        None,
+        description="joint training (the upper reference of continual learning): every stage "
+        "draws from one mixture of all data.domains, weighted by their train tokens or "
+        "uniformly; the stage ends stay the evaluation points; needs rewarm = false",
+    )
     weight_decay: float = Field(0.1, ge=0)
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.95, ge=0, lt=1)
@@ -361,6 +367,29 @@ class RunConfig(_Strict):
             raise ValueError(
                 f"model.init = {self.model.init.path!r} and [base_model] both name the weights "
                 "the run starts from; keep one of them"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_joint(self) -> RunConfig:
+        """Joint training is one pass over one mixture, the reference methods are measured
+        against: one learning-rate schedule (a rewarm would restart it at points where the data
+        does not change) and no mechanism (their hooks protect earlier stages, of which a joint
+        run has none)."""
+        joint = self.train.joint
+        if joint is None:
+            return self
+        if self.train.rewarm:
+            raise ValueError(
+                f"train.joint = {joint!r} is one pass over one mixture of the domains: it takes "
+                "one learning-rate schedule over the whole run; set train.rewarm = false"
+            )
+        if self.mechanisms:
+            names = [m.name for m in self.mechanisms]
+            raise ValueError(
+                f"train.joint = {joint!r} trains on every domain at once, the reference the "
+                f"mechanisms {names} are measured against: they protect earlier stages, which "
+                "a joint run has none of; remove the mechanisms or train.joint"
             )
         return self
 

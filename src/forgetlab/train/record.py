@@ -156,6 +156,7 @@ def run_record(
         "tokens": {
             "train_per_stage": [s["train_tokens"] for s in state.flops.stages],
             "train_total": flops["total"]["train_tokens"],
+            "new_data_per_domain": dict(state.new_data_per_domain),
             "eval_per_domain": eval_tokens,
         },
         "timing": {

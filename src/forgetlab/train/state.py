@@ -117,6 +117,8 @@ class RunState:
     timing: PhaseTimer = field(metadata=WALLCLOCK)  # seconds per stage and phase
     mech_flops_at_stage_start: float  # the mechanisms' FLOP meters when this stage began
     mechanisms: MechanismStates
+    # stream windows read per domain (no replayed rows): joint training's mixture shows here
+    new_data_per_domain: dict[str, int] = field(metadata=ADDED)
     started: str = field(metadata=WALLCLOCK)  # ISO time the run first started (kept across resumes)
 
     def state_dict(self) -> dict[str, Any]:

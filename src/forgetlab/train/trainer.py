@@ -32,7 +32,7 @@ from forgetlab.analysis.columns import KINDS as METRIC_KINDS
 from forgetlab.analysis.curves import train_seconds
 from forgetlab.atomic import DiskFullError
 from forgetlab.config import ConfigError, ModelConfig, RunConfig
-from forgetlab.data import Stream, open_stream, sample_windows
+from forgetlab.data import Stream, open_stream, stage_sources
 from forgetlab.mechanisms import Batch, StepOutput, TrainContext, build_mechanisms
 from forgetlab.models import GPT, model_flops_per_token
 from forgetlab.models.init import build_run_model
@@ -121,6 +121,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         assert cfg.data.tokenizer is not None, "resolve_run_config fills the tokenizer"
         self.stream = open_stream(cfg.data.domains, cfg.data.tokenizer, cfg.data.cache_dir)
+        self.sources = stage_sources(self.stream, cfg.train.joint)  # joint: one mixture for all
         self._build_model()
         self._build_eval_sets()
         per_tok = model_flops_per_token(self.model_cfg, self.model_cfg.block_size)
@@ -146,6 +147,7 @@ class Trainer:
             timing=self.timer,
             mech_flops_at_stage_start=0.0,
             mechanisms=MechanismStates(self.mechanisms),
+            new_data_per_domain=dict.fromkeys(self.stream.domains, 0),
             started=datetime.now(timezone.utc).isoformat(),
         )
 
@@ -226,13 +228,15 @@ class Trainer:
         return grad_norm, t0
 
     def _draw_batch(self, stage: int) -> Batch:
-        """This rank's micro-batch of the stage's domain: every rank draws the global batch from
-        the same generator and keeps its slice."""
+        """This rank's micro-batch of the stage's source (its domain, or joint training's mixture
+        of all): every rank draws the global batch from the same generator and keeps its slice;
+        the new-data tokens of each domain are counted on the global batch."""
         cfg, world, rank = self.cfg.train, self.dist.world_size, self.dist.rank
-        domain = self.stream[self.stream.domains[stage]]
-        x, y = sample_windows(
-            domain.train, self.state.rng.data, cfg.batch_size * world, self.model_cfg.block_size
-        )
+        source, block = self.sources[stage], self.model_cfg.block_size
+        x, y, of_domain = source.sample(self.state.rng.data, cfg.batch_size * world, block)
+        counts = np.bincount(of_domain, minlength=len(source.names))
+        for d, n in zip(source.names, counts, strict=True):
+            self.state.new_data_per_domain[d] += int(n) * block
         if world > 1:
             rows = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
             x, y = x[rows], y[rows]
@@ -398,6 +402,9 @@ class Trainer:
         """Load the newest intact checkpoint; the (stage, step) it resumes at."""
         state = load_checkpoint(self.run_dir, self.model)
         self.state.load_state_dict(state, where=str(self.run_dir.checkpoints))
+        if "new_data_per_domain" not in state:  # older checkpoint: stage s read domain s
+            for d, stage in zip(self.stream.domains, self.flops.stages, strict=False):
+                self.state.new_data_per_domain[d] = int(stage["train_tokens"])
         cursor = self.state.cursor
         self.ctx.global_step = cursor.global_step
         return cursor.stage, cursor.step
@@ -514,7 +521,7 @@ class Trainer:
         return tqdm(
             total=self.cfg.train.steps_per_stage,
             initial=start_step,
-            desc=f"stage {stage + 1}/{n_stages} {self.stream.domains[stage]}",
+            desc=f"stage {stage + 1}/{n_stages} {self.sources[stage].label}",
             # None: tqdm draws only on a terminal, so a redirected log gets the logged lines, not
             # carriage-return frames
             disable=None if self.progress and self.dist.is_main else True,
@@ -529,7 +536,7 @@ class Trainer:
 
     def _end_stage(self, stage: int) -> None:
         """The stage's end: mechanisms' hooks, every domain evaluated into R, a checkpoint."""
-        name = self.stream.domains[stage]
+        name = self.sources[stage].label  # its domain, or joint training's mixture
         for m in self.mechanisms:
             m.on_stage_end(self.ctx)
         mech_flops = self._mechanism_flops() - self.state.mech_flops_at_stage_start
