@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 
 from forgetlab.analysis.effects import FactorialResult
 from forgetlab.analysis.gains import GainPoint
+from forgetlab.analysis.joint import joint_weighting, stage_labels
 from forgetlab.analysis.load import Experiment
 from forgetlab.analysis.stats import GroupStat
 
@@ -155,6 +156,10 @@ def plot_r_heatmaps(exp: Experiment, frame: pd.DataFrame, out: Path, stem: str) 
     ]
     if not groups:
         return None
+    joint = {  # a joint group's rows are points of one pass, not domains
+        g: next(filter(None, (joint_weighting(exp.records.get(r) or {}) for r in ids)), None)
+        for g, ids in groups
+    }
     mats = [(g, *mean_r(exp, ids)) for g, ids in groups]
     lo = min(float(np.nanmin(m)) for _, m, _ in mats)
     hi = max(float(np.nanmax(m)) for _, m, _ in mats)
@@ -167,7 +172,8 @@ def plot_r_heatmaps(exp: Experiment, frame: pd.DataFrame, out: Path, stem: str) 
         im = ax.imshow(r, cmap="viridis_r", aspect="auto", vmin=lo, vmax=hi)
         _write_cells(ax, r, lo, hi, fontsize=7 if r.shape[1] <= 5 else 5)
         ax.set_xticks(range(len(domains)), domains, rotation=45, ha="right", fontsize=7)
-        ax.set_yticks(range(r.shape[0]), ["init", *[f"after {d}" for d in domains]], fontsize=7)
+        rows = ["init", *[f"after {d}" for d in stage_labels(domains, joint[g])]]
+        ax.set_yticks(range(r.shape[0]), rows, fontsize=7)
         ax.set_title(f"{g}", fontsize=9)
         axes.append(ax)
     fig.colorbar(im, ax=axes, shrink=0.8, label="validation loss (shared scale)")

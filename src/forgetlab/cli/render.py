@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from forgetlab.analysis.floor import shortfalls
+from forgetlab.analysis.joint import joint_weighting, stage_labels
 from forgetlab.analysis.metrics import KINDS
 from forgetlab.analysis.registry import MATRIX, PROBE
 from forgetlab.analysis.tables import Column, rich_table
@@ -20,7 +21,8 @@ KIND_TITLES = {"loss": "loss (nats/token)", "bpb": "bits per byte", "accuracy": 
 
 def row_labels(record: dict[str, Any]) -> list[str]:
     """The rows of every score matrix of a run: ``init``, then the stage each row follows."""
-    return ["init", *(f"{i}:{d}" for i, d in enumerate(record["domains"], start=1))]
+    trained = stage_labels(record["domains"], joint_weighting(record))  # joint: every domain
+    return ["init", *(f"{i}:{d}" for i, d in enumerate(trained, start=1))]
 
 
 def scores_table(

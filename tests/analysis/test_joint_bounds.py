@@ -5,7 +5,14 @@ import math
 import pandas as pd
 import pytest
 
-from forgetlab.analysis.bounds import budget_bounds, gap_closed, joint_groups, place_groups
+from forgetlab.analysis.joint import (
+    budget_bounds,
+    gap_closed,
+    joint_groups,
+    joint_weighting,
+    place_groups,
+    stage_labels,
+)
 
 
 def test_the_share_of_the_gap_on_a_hand_made_example():
@@ -72,3 +79,10 @@ def test_no_placement_without_a_joint_group_or_a_usable_reference():
     assert budget_bounds(frame, records, "joint") == []  # the reference is the joint group
     assert budget_bounds(frame, records, "gone") == []  # the reference has no finished run
     assert budget_bounds(frame.drop(columns="loss.final_mean"), records, "naive") == []
+
+
+def test_a_joint_runs_stages_are_labelled_as_points_of_one_pass():
+    assert stage_labels(["code", "math"], None) == ["code", "math"]
+    assert stage_labels(["code", "math"], "uniform") == ["joint 1/2", "joint 2/2"]
+    assert joint_weighting({"config": {"train": {"joint": "uniform"}}}) == "uniform"
+    assert joint_weighting({"config": {"train": {}}}) is None and joint_weighting({}) is None

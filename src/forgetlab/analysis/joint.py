@@ -1,4 +1,5 @@
-"""Every group placed between naive fine-tuning (the lower bound) and joint training (the upper).
+"""Joint training in the analysis: which runs train jointly, what their stages trained on, and
+every group placed between naive fine-tuning (the lower bound) and joint training (the upper).
 
 Continual-learning methods are read against two references trained on the same new data: naive
 fine-tuning through the stream, which forgets, and joint training on the union of the stream's
@@ -29,6 +30,19 @@ from typing import Any
 import pandas as pd
 
 METRIC = "loss.final_mean"
+
+
+def joint_weighting(record: Mapping[str, Any]) -> str | None:
+    """A run.json's ``train.joint`` (``proportional`` / ``uniform``), None for a stream run."""
+    return ((record.get("config") or {}).get("train") or {}).get("joint")
+
+
+def stage_labels(domains: list[str], joint: str | None) -> list[str]:
+    """What each stage of a run trained on, for the rows of its R matrix: the stage's domain, or
+    ``joint k/T`` under joint training (every stage read the mixture of all domains)."""
+    if joint is None:
+        return list(domains)
+    return [f"joint {k}/{len(domains)}" for k in range(1, len(domains) + 1)]
 
 
 def gap_closed(naive: float, method: float, joint: float) -> float | None:
@@ -79,19 +93,20 @@ def place_groups(
             f"joint training ({joint_group}: {joint:.4g}) is not below naive fine-tuning "
             f"({naive_group}: {naive:.4g}): there is no gap to close"
         )
-    placements = [Placement(g, float(v), gap_closed(naive, float(v), joint)) for g, v in values.items()]
+    placements = [
+        Placement(g, float(v), gap_closed(naive, float(v), joint)) for g, v in values.items()
+    ]
     return Bounds(metric, naive_group, naive, joint_group, joint, note, placements)
 
 
 def joint_groups(frame: pd.DataFrame, records: Mapping[str, dict[str, Any]]) -> list[str]:
     """Groups of ``frame`` whose runs train jointly (``train.joint`` set in their run.json), in
     table order."""
-    out = []
-    for group, runs in frame.groupby("group", sort=False):
-        configs = [(records.get(r) or {}).get("config") or {} for r in runs["run_id"]]
-        if any((c.get("train") or {}).get("joint") for c in configs):
-            out.append(str(group))
-    return out
+    return [
+        str(group)
+        for group, runs in frame.groupby("group", sort=False)
+        if any(joint_weighting(records.get(r) or {}) for r in runs["run_id"])
+    ]
 
 
 def budget_bounds(
