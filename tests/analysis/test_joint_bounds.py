@@ -1,6 +1,7 @@
 """The share of the naive-to-joint gap a group closes, on hand-made numbers."""
 
 import math
+from dataclasses import asdict
 
 import pandas as pd
 import pytest
@@ -41,7 +42,7 @@ def test_every_group_is_placed_between_naive_and_joint():
     assert {p.group: p.share for p in bounds.placements} == {
         "naive": 0.0, "replay": 0.75, "ewc": -0.5, "joint": 1.0
     }
-    assert bounds.to_dict()["placements"][1] == {"group": "replay", "value": 3.25, "share": 0.75}
+    assert asdict(bounds)["placements"][1] == {"group": "replay", "value": 3.25, "share": 0.75}
 
 
 def _runs(groups: dict[str, list[float]]) -> pd.DataFrame:

@@ -24,7 +24,7 @@ one run, and this one needs two other groups.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -76,9 +76,6 @@ class Bounds:
     joint: float
     note: str | None
     placements: list[Placement]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def place_groups(
