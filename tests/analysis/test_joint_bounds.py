@@ -6,6 +6,7 @@ from dataclasses import asdict
 import pandas as pd
 import pytest
 
+from forgetlab.analysis.doc import Doc
 from forgetlab.analysis.joint import (
     budget_bounds,
     gap_closed,
@@ -14,6 +15,7 @@ from forgetlab.analysis.joint import (
     place_groups,
     stage_labels,
 )
+from forgetlab.analysis.report import joint_bounds_block
 
 
 def test_the_share_of_the_gap_on_a_hand_made_example():
@@ -87,3 +89,16 @@ def test_a_joint_runs_stages_are_labelled_as_points_of_one_pass():
     assert stage_labels(["code", "math"], "uniform") == ["joint 1/2", "joint 2/2"]
     assert joint_weighting({"config": {"train": {"joint": "uniform"}}}) == "uniform"
     assert joint_weighting({"config": {"train": {}}}) is None and joint_weighting({}) is None
+
+
+def test_the_report_section_shows_each_groups_share_or_why_there_is_none(tmp_path):
+    values = {"naive": 4.0, "replay": 3.25, "joint": 3.0}
+    doc = Doc("t")
+    joint_bounds_block(doc, place_groups(values, "naive", "joint"))
+    text = doc.markdown(tmp_path)
+    assert "Between naive fine-tuning and joint training (`joint`)" in text
+    assert "| replay | 3.25 | 75% |" in text and "| joint | 3 | 100% |" in text
+    doc = Doc("t")
+    joint_bounds_block(doc, place_groups({**values, "joint": 4.5}, "naive", "joint"))
+    text = doc.markdown(tmp_path)
+    assert "no gap to close" in text and "| replay | 3.25 | n/a |" in text

@@ -32,6 +32,7 @@ from forgetlab.analysis.document import (
 from forgetlab.analysis.effects import factorial_effects
 from forgetlab.analysis.gains import marginal_gains
 from forgetlab.analysis.hypotheses import ALIASES, judge
+from forgetlab.analysis.joint import budget_bounds
 from forgetlab.analysis.load import FINISHED, Experiment, metric_columns, preregistration_hash
 from forgetlab.analysis.registry import DEFAULT_PRIMARY, SECONDARY, lower_is_better
 from forgetlab.analysis.stats import compare_to_reference, group_stats
@@ -168,6 +169,7 @@ def analyse_budget(exp: Experiment, frame: pd.DataFrame, settings: Settings) -> 
             reference,
         ),
         performance=performance(exp, frame),
+        joint_bounds=budget_bounds(frame, exp.records, reference),
     )
 
 

@@ -24,6 +24,7 @@ from forgetlab.analysis.conclusions import Conclusions
 from forgetlab.analysis.effects import FactorialResult
 from forgetlab.analysis.gains import GainPoint
 from forgetlab.analysis.hypotheses import Verdict
+from forgetlab.analysis.joint import Bounds
 from forgetlab.analysis.stats import Comparison, GroupStat
 from forgetlab.config import ConfigError
 
@@ -139,6 +140,8 @@ class BudgetAnalysis:
     hypotheses: list[Verdict]
     conclusions: Conclusions
     performance: list[GroupPerformance]
+    # each group between naive and joint training, one entry per joint group (none without one)
+    joint_bounds: list[Bounds] = field(default_factory=list)
 
     @cached_property
     def _stats_by_key(self) -> dict[tuple[str, str], GroupStat]:

@@ -61,7 +61,7 @@ class Placement:
     """One group's final mean loss and the share of the naive-to-joint gap it closes."""
 
     group: str
-    value: float
+    value: float | None  # None (NaN before analysis.json): the group's runs lack the metric
     share: float | None
 
 
@@ -71,9 +71,9 @@ class Bounds:
 
     metric: str
     naive_group: str
-    naive: float
+    naive: float | None
     joint_group: str
-    joint: float
+    joint: float | None
     note: str | None
     placements: list[Placement]
 

@@ -172,8 +172,8 @@ def plot_r_heatmaps(exp: Experiment, frame: pd.DataFrame, out: Path, stem: str) 
         im = ax.imshow(r, cmap="viridis_r", aspect="auto", vmin=lo, vmax=hi)
         _write_cells(ax, r, lo, hi, fontsize=7 if r.shape[1] <= 5 else 5)
         ax.set_xticks(range(len(domains)), domains, rotation=45, ha="right", fontsize=7)
-        rows = ["init", *[f"after {d}" for d in stage_labels(domains, joint[g])]]
-        ax.set_yticks(range(r.shape[0]), rows, fontsize=7)
+        ticks = ["init", *[f"after {d}" for d in stage_labels(domains, joint[g])]]
+        ax.set_yticks(range(r.shape[0]), ticks, fontsize=7)
         ax.set_title(f"{g}", fontsize=9)
         axes.append(ax)
     fig.colorbar(im, ax=axes, shrink=0.8, label="validation loss (shared scale)")

@@ -3,7 +3,8 @@
 The answer comes first, then the plots, then the detail. Sections, in order (:data:`SECTIONS`, one
 function each, all called as ``section(doc, ctx)``): header (what was run, warnings); answer
 (question, hypothesis verdicts with n, the primary metric per group with its intervals and the
-difference to the reference, the effects, conclusions); whether the runs learned beyond word
+difference to the reference, the effects, conclusions); with a joint-training group, every group
+between naive and joint training; whether the runs learned beyond word
 frequencies; plots; goal and hypotheses;
 pre-registration; configuration (factors, groups, the shared settings that matter, every per-group
 difference); results in detail (per budget: every metric, intervals, stability, comparisons, the
@@ -49,6 +50,7 @@ from forgetlab.analysis.effects import EffectTerm, FactorialResult
 from forgetlab.analysis.floor import UNIGRAM_MARGIN, Shortfall, shortfalls
 from forgetlab.analysis.gains import GainPoint
 from forgetlab.analysis.hypotheses import ALIASES, TEST_FAMILIES, Verdict, identifier, referenced
+from forgetlab.analysis.joint import Bounds, Placement
 from forgetlab.analysis.load import Experiment, load_experiment
 from forgetlab.analysis.registry import REPORTED, SECONDARY
 from forgetlab.analysis.stats import Comparison, GroupStat
@@ -422,6 +424,40 @@ def section_answer(doc: Doc, ctx: ReportContext) -> None:
         doc.p(f"**Conclusions**{b.where}:")
         statements = result.conclusions.statements
         doc.bullets(statements or ["No conclusion can be drawn from these runs."])
+
+
+def _share(share: float | None) -> str:
+    return "n/a" if share is None else f"{100 * share:.0f}%"
+
+
+GAP_COLUMNS: list[Column[Placement]] = [
+    Column("group", lambda p: p.group),
+    Column("final mean loss", lambda p: p.value, fmt),
+    Column("share of the naive-to-joint gap closed", lambda p: p.share, _share),
+]
+
+
+def joint_bounds_block(doc: Doc, bounds: Bounds, where: str = "") -> None:
+    """Each group between naive fine-tuning and one joint group (:mod:`forgetlab.analysis.joint`)."""
+    doc.h(3, f"Between naive fine-tuning and joint training (`{bounds.joint_group}`){where}")
+    doc.p(
+        f"Each group's `{bounds.metric}` (mean over its finished runs) and the share of the gap "
+        f"from naive fine-tuning (the reference group `{bounds.naive_group}`, "
+        f"{fmt(bounds.naive)}) to joint training on every domain at once "
+        f"(`{bounds.joint_group}`, {fmt(bounds.joint)}) that it closes: "
+        "(L_naive − L_group) / (L_naive − L_joint); 0% = naive, 100% = joint training."
+    )
+    if bounds.note:
+        doc.warn(bounds.note)
+    doc.table(GAP_COLUMNS, bounds.placements)
+
+
+def section_joint_bounds(doc: Doc, ctx: ReportContext) -> None:
+    """Where the study has a joint-training group: every group placed between naive fine-tuning
+    and joint training, per budget."""
+    for b in ctx.budgets():
+        for bounds in b.result.joint_bounds:
+            joint_bounds_block(doc, bounds, b.where)
 
 
 def _goal(exp: Experiment) -> str | None:
@@ -921,6 +957,7 @@ def section_config_appendix(doc: Doc, ctx: ReportContext) -> None:
 SECTIONS: tuple[Section, ...] = (
     section_header,
     section_answer,
+    section_joint_bounds,
     section_unigram_floor,
     section_plots,
     section_goal,
