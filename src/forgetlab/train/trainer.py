@@ -548,7 +548,7 @@ class Trainer:
             self._eval_curve_row(stage, steps, row["loss"][stage], row["accuracy"][stage])
         self._log_evaluation(stage + 1)
         log.info(
-            "stage %d (%s) done: losses %s", stage + 1, source, [round(v, 3) for v in row["loss"]]
+            "stage %d (%s) done: losses %s", stage + 1, name, [round(v, 3) for v in row["loss"]]
         )
         self._checkpoint(stage + 1, 0)
         self._write_run_json(self._record("running"))
