@@ -1,5 +1,6 @@
 """``data.probes``: domains evaluated with the stream at row 0 and after every stage, and never
-trained on, whatever the mechanisms (plain, replay, sleep on real or generated samples)."""
+trained on, whatever the mechanisms (plain, replay, sleep on real or generated samples,
+generative replay) or joint training on the mixture of the stream's domains."""
 
 from __future__ import annotations
 
@@ -175,6 +176,22 @@ def test_no_probe_token_window_ever_reaches_a_training_batch(
     assert spy.leaked(fixture_data, PROBES, block) == 0
     if mechanism not in GENERATED:  # the detector sees real rows: every one is the stream's
         assert spy.leaked(fixture_data, STREAM, block) == len(spy.rows)
+
+
+def test_joint_training_draws_from_every_stream_domain_and_never_from_a_probe(
+    fixture_data, tmp_path, monkeypatch
+):
+    """train.joint samples each batch from the mixture of the stream's domains: only those."""
+    spy = BatchSpy(monkeypatch)
+    cfg = probe_config(fixture_data, joint="proportional", rewarm=False)
+    record = Trainer(cfg, tmp_path / "run", progress=False).run()
+    block = cfg.model.block_size
+    assert len(spy.rows) == len(STREAM) * STEPS * BATCH
+    assert spy.leaked(fixture_data, PROBES, block) == 0
+    assert spy.leaked(fixture_data, STREAM, block) == len(spy.rows)
+    read = record["tokens"]["new_data_per_domain"]
+    assert set(read) == set(STREAM) and all(n > 0 for n in read.values())
+    assert len(record["probes"]["R"]["loss"]) == len(STREAM) + 1
 
 
 def test_the_leak_detector_catches_a_probe_drawn_into_training(fixture_data, tmp_path, monkeypatch):
