@@ -277,3 +277,31 @@ def test_a_single_run_trains_its_base_first_and_a_second_run_reuses_it(
     assert base_trainings == [locate(cfg).run_dir.root]
     assert first["base_model"] == second["base_model"]
     assert first["base_model"]["key"] == locate(cfg).key
+
+
+def test_a_base_on_several_domains_reads_their_mixture(fixture_data, base_trainings):
+    """Joint training's mixture: every domain read in each of its stages, one schedule over all
+    its steps; the weighting is part of the key."""
+    mixed = config(fixture_data, seed=110, base={"domains": ["dialogue", "legal"], "steps": 6})
+    base = ensure_base(mixed, progress=False)
+    assert base is not None and base_trainings == [base.run_dir.root]
+    record = base.run_dir.read()
+    assert record["config"]["train"]["joint"] == "proportional"
+    assert record["tokens"]["train_total"] == 6 * 4 * 64  # steps x batch x block: all of them
+    read = record["tokens"]["new_data_per_domain"]
+    assert set(read) == {"dialogue", "legal"} and all(n > 0 for n in read.values())
+    assert base.record()["steps"] == 6 and base.record()["data"] == (
+        "dialogue, legal (proportional mix)"
+    )
+    uniform = config(
+        fixture_data, seed=110, base={"domains": ["dialogue", "legal"], "steps": 6,
+                                      "mixture": "uniform"}
+    )
+    assert locate(uniform).key != base.key
+
+
+def test_steps_that_do_not_divide_among_the_domains_are_refused(fixture_data):
+    with pytest.raises(ConfigError) as e:
+        config(fixture_data, seed=0, base={"domains": ["dialogue", "legal"], "steps": 7})
+    assert "base_model.steps = 7 is not a multiple of its 2 domains" in str(e.value)
+    assert "allowed e.g. 6 or 8" in str(e.value) and "\n" not in str(e.value)

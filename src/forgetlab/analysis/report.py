@@ -723,7 +723,7 @@ def section_probes(doc: Doc, exp: Experiment, frame: pd.DataFrame, result: Budge
 
 BASE_MODEL_COLUMNS: list[Column[dict[str, Any]]] = [
     Column("key", lambda b: f"`{b['key']}`"),
-    Column("pretrained on", lambda b: ", ".join(b["domains"])),
+    Column("pretrained on", lambda b: b.get("data") or ", ".join(b["domains"])),
     Column("steps", lambda b: b["steps"]),
     Column("tokens", lambda b: f"{b['train_tokens']:,}"),
     Column("seed", lambda b: b["seed"]),

@@ -86,7 +86,7 @@ GPU_COLUMNS: list[Column[dict[str, Any]]] = [
 ]
 CACHED = {True: "yes (0 s)", False: "no", None: "unknown (data not prepared)"}
 BASE_COLUMNS: list[Column[dict[str, Any]]] = [
-    Column("domains", lambda base: ", ".join(base["domains"])),
+    Column("domains", lambda base: base["data"]),
     Column("steps", lambda base: base["steps"], justify="right"),
     Column("runs", lambda base: base["runs"], justify="right"),
     Column("tokens", lambda base: base["train_tokens"], _fmt, "right"),

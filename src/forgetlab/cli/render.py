@@ -106,7 +106,7 @@ def base_model_line(record: dict[str, Any]) -> str | None:
     if not b:
         return None
     return (
-        f"started from base model {b['key']}: pretrained on {', '.join(b['domains'])} for "
+        f"started from base model {b['key']}: pretrained on {b.get('data') or ', '.join(b['domains'])} for "
         f"{b['steps']:,} steps ({b['train_tokens']:,} tokens, seed {b['seed']}), weights sha256 "
         f"{(b.get('sha256') or '?')[:12]}; row 'init' of R scores it"
     )

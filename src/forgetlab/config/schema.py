@@ -310,7 +310,12 @@ class BaseModelConfig(_Strict):
     """
 
     domains: list[str] = Field(min_length=1, description="what the base reads: one or several")
-    steps: int = Field(ge=1, description="optimizer steps of pretraining")
+    mixture: Literal["proportional", "uniform"] = Field(
+        "proportional",
+        description="several domains: each batch row's domain is drawn in proportion to their "
+        "train tokens, or uniformly (the mixture of joint training, forgetlab.data.mixture)",
+    )
+    steps: int = Field(ge=1, description="optimizer steps of pretraining, over all its domains")
     batch_size: int = Field(16, ge=1, description="sequences per micro-batch")
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -327,6 +332,14 @@ class BaseModelConfig(_Strict):
             raise ValueError(f"base_model.domains = {self.domains} lists {seen} twice")
         if self.min_lr > self.lr:
             raise ValueError(f"base_model.min_lr = {self.min_lr} is above base_model.lr = {self.lr}")
+        n = len(self.domains)
+        if self.steps % n:
+            low = self.steps - self.steps % n
+            raise ValueError(
+                f"base_model.steps = {self.steps} is not a multiple of its {n} domains: the "
+                f"mixture is read in one stage per domain (one schedule, evaluated after each); "
+                f"allowed e.g. {max(low, n)} or {low + n}"
+            )
         if self.warmup_steps > self.steps:
             raise ValueError(
                 f"base_model.warmup_steps = {self.warmup_steps} is larger than base_model.steps = "

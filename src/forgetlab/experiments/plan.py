@@ -221,7 +221,7 @@ def base_estimates(
     FLOPs, wall time here and on the reference GPUs, how many distinct runs start from it, and
     whether this cache holds it trained already (``cached``; None when its data is not
     prepared, so the key cannot be known yet)."""
-    from forgetlab.train.base_model import base_run_config, declaration_hash
+    from forgetlab.train.base_model import base_run_config, data_label, declaration_hash
 
     found: dict[str, dict[str, Any]] = {}
     users: dict[str, set[str]] = {}
@@ -233,11 +233,12 @@ def base_estimates(
         if declared in found:
             continue
         base = base_run_config(cfg)
-        steps = base.train.steps_per_stage
+        steps = base.train.steps_per_stage * len(base.data.domains)
         est = _estimate({}, base, analytic_model(base).total, throughput)
         found[declared] = {
             "declaration": declared,
             "domains": list(base.data.domains),
+            "data": data_label(base),
             "steps": steps,
             **{k: est[k] for k in ("parameters", "train_tokens", "flops_6nd", "flops_training",
                                    "flops_eval", "wall_s")},

@@ -74,12 +74,14 @@ class BaseModelError(ConfigError):
 
 def base_run_config(cfg: RunConfig) -> RunConfig:
     """The run config that trains ``cfg``'s base: the run's model shape and tokenizer, the
-    ``[base_model]`` table's data, steps, optimiser and schedule, one stage, no mechanisms."""
+    ``[base_model]`` table's data, steps, optimiser and schedule, no mechanisms. One domain is
+    one stage; several are joint training's mixture, one stage per domain under one schedule."""
     b = cfg.base_model
     if b is None:
         raise ValueError("base_run_config: the config declares no [base_model]")
     from forgetlab.data import data_root
 
+    n = len(b.domains)
     return RunConfig(
         name="base_model",
         seed=b.seed,
@@ -92,7 +94,9 @@ def base_run_config(cfg: RunConfig) -> RunConfig:
             cache_dir=str(data_root(cfg.data.cache_dir).resolve()),
         ),
         train=TrainConfig(
-            steps_per_stage=b.steps,
+            steps_per_stage=b.steps // n,
+            joint=b.mixture if n > 1 else None,
+            rewarm=n == 1,
             batch_size=b.batch_size,
             grad_accum=b.grad_accum,
             lr=b.lr,
@@ -112,6 +116,12 @@ def base_sources(cfg: RunConfig) -> dict[str, SourceConfig]:
     base's config: its shards' sha256 (in the key) say what it read, however they were made."""
     domains = cfg.base_model.domains if cfg.base_model else []
     return {d: s for d, s in cfg.data.sources.items() if d in domains}
+
+
+def data_label(base: RunConfig) -> str:
+    """What a base reads, for people: ``books``, or ``books, code (uniform mix)``."""
+    joint = base.train.joint
+    return ", ".join(base.data.domains) + (f" ({joint} mix)" if joint else "")
 
 
 def _weights_part(dump: dict[str, Any], drop: dict[str, Any]) -> dict[str, Any]:
@@ -203,13 +213,16 @@ class BaseModel:
     def record(self, sha256: str | None = None) -> dict[str, Any]:
         """What a run's ``run.json`` and a study's ``experiment.json`` say of the base."""
         train = self.config.train
+        steps = train.steps_per_stage * len(self.domains)
         return {
             "key": self.key,
             "path": str(self.run_dir.root),
             "domains": self.domains,
-            "steps": train.steps_per_stage,
+            "mixture": train.joint,
+            "data": data_label(self.config),
+            "steps": steps,
             "batch_size": train.batch_size,
-            "train_tokens": train.steps_per_stage * train.batch_size * train.grad_accum
+            "train_tokens": steps * train.batch_size * train.grad_accum
             * self.config.model.block_size,
             "seed": self.config.seed,
             "sha256": sha256 if sha256 is not None else self.recorded_sha256(),
