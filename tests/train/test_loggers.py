@@ -242,6 +242,30 @@ def test_a_logger_that_cannot_start_fails_the_run_before_training(fixture_data, 
         assert Trainer(cfg, out, progress=False).run()["status"] == "finished"
 
 
+def test_an_experiment_created_by_a_parallel_run_meanwhile_is_joined(fixture_data, tmp_path):
+    """A study's runs start at once: another process creates the experiment between this run's
+    lookup and its create (MLflow: 'already exists'). The run joins that experiment; it once
+    failed with LoggerError (seen in CI)."""
+    from mlflow.tracking import MlflowClient
+
+    with pytest.MonkeyPatch.context() as patch:
+        places = offline_env(patch, tmp_path)
+        patch.setenv("MLFLOW_EXPERIMENT_NAME", "raced")
+        theirs = mlflow_client(places["mlflow"]).create_experiment("raced")
+        lookup = MlflowClient.get_experiment_by_name
+        calls: list[str] = []
+
+        def late(self: Any, name: str) -> Any:  # the first lookup predates the other's create
+            calls.append(name)
+            return None if len(calls) == 1 else lookup(self, name)
+
+        patch.setattr(MlflowClient, "get_experiment_by_name", late)
+        record = Trainer(logged_config(fixture_data, ["mlflow"]), tmp_path / "run", progress=False).run()
+    assert record["status"] == "finished" and len(calls) == 2
+    run_id = json.loads((tmp_path / "run" / "loggers.json").read_text())["mlflow"]
+    assert mlflow_client(places["mlflow"]).get_run(run_id).info.experiment_id == theirs
+
+
 @pytest.mark.parametrize(
     ("loggers", "message"),
     [

@@ -495,8 +495,7 @@ class MlflowLogger:
         self.client = MlflowClient()
         who = o.who
         exp_name = who.study or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "forgetlab"
-        exp = self.client.get_experiment_by_name(exp_name)
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(exp_name)
+        exp_id = self._experiment(exp_name)
         tags = {
             "forgetlab.run_id": who.run_id,
             "forgetlab.run_dir": str(o.run_dir.resolve()),
@@ -521,6 +520,23 @@ class MlflowLogger:
             run = self.client.create_run(exp_id, run_name=who.label, tags=tags)
             self.run_id = run.info.run_id
             o.state["mlflow"] = self.run_id
+
+    def _experiment(self, name: str) -> str:
+        """The experiment's id, created if missing. A study's runs start in parallel processes:
+        when another one creates the experiment between our lookup and our create, MLflow says
+        it exists already, and the lookup again finds the one it made."""
+        from mlflow.exceptions import MlflowException
+
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return str(exp.experiment_id)
+        try:
+            return str(self.client.create_experiment(name))
+        except MlflowException:
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return str(exp.experiment_id)
 
     def _parent(self, exp_id: str, who: RunIdentity) -> str:
         """The study's parent run, found by its directory, created once (under a file lock:
