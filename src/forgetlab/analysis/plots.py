@@ -277,6 +277,22 @@ def _order_note(exp: Experiment, frame: pd.DataFrame, used: list[str], order: li
     return note if len(used) == n else f"{note} ({len(used)} of {n} runs: those in this order)"
 
 
+def curve_runs(
+    exp: Experiment, frame: pd.DataFrame, ids: list[str]
+) -> tuple[list[str], CurveAxis, dict[str, list[str]], list[str]] | None:
+    """What a curve figure draws from: the most common domain order among ``ids``, the x axis
+    those runs share, each group's runs in that order, and all runs used; None when none is."""
+    order = common_order(exp, ids)
+    used = _in_order(exp, ids, order)
+    if not used:
+        return None
+    per_group = {
+        str(g): [r for r in sub["run_id"] if r in used]
+        for g, sub in frame.groupby("group", sort=False)
+    }
+    return order, CurveAxis(exp, used), per_group, used
+
+
 def train_curves(
     exp: Experiment, frame: pd.DataFrame
 ) -> tuple[list[str], CurveAxis, dict[str, pd.Series], list[str]] | None:
@@ -284,16 +300,14 @@ def train_curves(
     the runs in the most common domain order: at one step, runs in different orders train on
     different domains, and their mean loss belongs to none. Returns the order, the axis, the
     curves and the runs used; None when no run has a curve."""
-    ids = [r for r in frame["run_id"] if r in exp.records]
-    order = common_order(exp, ids)
-    used = _in_order(exp, ids, order)
-    if not used:
+    runs = curve_runs(exp, frame, [r for r in frame["run_id"] if r in exp.records])
+    if runs is None:
         return None
-    axis = CurveAxis(exp, used)
+    order, axis, per_group, used = runs
     out: dict[str, pd.Series] = {}
-    for g, sub in frame.groupby("group", sort=False):
+    for g, group_runs in per_group.items():
         points = []
-        for r in _in_order(exp, list(sub["run_id"]), order):
+        for r in group_runs:
             curve = exp.curves(r)
             if curve is not None:
                 loss = trained_loss(curve)
@@ -301,7 +315,7 @@ def train_curves(
                 points.append(pd.DataFrame({"x": x, "y": loss["train_loss"].to_numpy()}))
         points = [p for p in points if not p.empty]
         if points:
-            out[str(g)] = pd.concat(points).groupby("x")["y"].mean()
+            out[g] = pd.concat(points).groupby("x")["y"].mean()
     return (order, axis, out, used) if out else None
 
 
@@ -333,19 +347,18 @@ def plot_domain_curves(
     per group (mean over its runs in the most common order): where a domain is learned, and how
     much of it each group keeps while the later stages train. Returns the PNG and the order note."""
     ids = [r for r in frame["run_id"] if r in exp.records and exp.records[r].get("R")]
-    order = common_order(exp, ids)
-    used = _in_order(exp, ids, order)
-    if not used:
+    runs = curve_runs(exp, frame, ids)
+    if runs is None:
         return None
-    axis = CurveAxis(exp, used)
+    order, axis, group_runs, used = runs
     per_group: dict[str, pd.DataFrame] = {}
-    for g, sub in frame.groupby("group", sort=False):
+    for g, rs in group_runs.items():
         points = []
-        for r in _in_order(exp, [x for x in sub["run_id"] if x in used], order):
+        for r in rs:
             p = validation_points(exp.records[r], exp.curves(r))
             points.append(p.assign(x=axis.x(p["step"], exp.records[r])))
         if points:
-            per_group[str(g)] = pd.concat(points).groupby(["domain", "x"])["val_loss"].mean()
+            per_group[g] = pd.concat(points).groupby(["domain", "x"])["val_loss"].mean()
     cols = min(3, len(order))
     rows = int(np.ceil(len(order) / cols))
     fig = Figure(figsize=(4.2 * cols, 3.0 * rows + 0.6), layout="constrained")
