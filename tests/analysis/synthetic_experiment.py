@@ -24,7 +24,7 @@ ORDERS = {"fwd": DOMAINS, "rev": DOMAINS[::-1]}
 FACTORS = {"T": ["T0", "T1"], "W": ["W0", "W1"], "R": ["R0", "R1"]}
 PREREG = {
     "primary_metric": "loss.average_forgetting",
-    "test": "factorial ANOVA type III",
+    "test": "anova",
     "alpha": 0.05,
     "correction": "holm",
     "hypotheses": [

@@ -212,7 +212,7 @@ def groups_experiment(root: Path) -> Path:
         reference="A",
         preregistration={
             "primary_metric": "loss.final_mean",
-            "test": "welch",
+            "test": "welch_t",
             "alpha": 0.05,
             "correction": "holm",
             "hypotheses": [

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 
+from forgetlab.analysis.procedure import TESTS
 from forgetlab.config import ConfigError
 from forgetlab.experiments import design_groups, expand, load_spec
 from forgetlab.specs import is_study_spec
@@ -127,6 +128,25 @@ def test_overrides_apply_to_every_run_after_its_levels():
 def test_invalid_specs_fail_with_a_clear_config_error(patch, message):
     with pytest.raises(ConfigError, match=message):
         load_spec(lr_depth_spec(**patch))
+
+
+@pytest.mark.parametrize("test", TESTS)
+def test_a_group_design_takes_every_declared_test_and_a_factor_design_only_anova(test):
+    prereg = {"primary_metric": "loss.BWT", "test": test}
+    sweep = lr_depth_spec(design={"kind": "sweep", "factor": "LR"}, preregistration=prereg)
+    spec, _ = load_spec(sweep)
+    assert spec.preregistration.test == test
+    for kind in ("full_factorial", "one_at_a_time"):
+        if test == "anova":
+            load_spec(lr_depth_spec(design=kind, preregistration=prereg))
+            continue
+        with pytest.raises(ConfigError) as err:
+            load_spec(lr_depth_spec(design=kind, preregistration=prereg))
+        assert str(err.value) == (
+            f"invalid experiment spec: preregistration.test = {test!r} is not allowed for design "
+            f"{kind!r} (a factor design is tested by the factorial effects model); "
+            "allowed: ['anova']"
+        )
 
 
 def test_a_level_with_an_unknown_key_names_its_group():

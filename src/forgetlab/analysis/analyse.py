@@ -34,8 +34,9 @@ from forgetlab.analysis.gains import marginal_gains
 from forgetlab.analysis.hypotheses import ALIASES, judge
 from forgetlab.analysis.joint import budget_bounds
 from forgetlab.analysis.load import FINISHED, Experiment, metric_columns, preregistration_hash
+from forgetlab.analysis.procedure import procedure
 from forgetlab.analysis.registry import DEFAULT_PRIMARY, SECONDARY, lower_is_better
-from forgetlab.analysis.stats import compare_to_reference, group_stats
+from forgetlab.analysis.stats import compare_to_reference, group_stats, omnibus_tests
 
 
 def preregistration_status(meta: dict[str, Any]) -> Preregistration:
@@ -129,14 +130,20 @@ def _isnan(v: Any) -> bool:
 
 
 def analyse_budget(exp: Experiment, frame: pd.DataFrame, settings: Settings) -> BudgetAnalysis:
-    """Statistics, effects, gains, hypotheses and conclusions of one budget's finished runs."""
+    """Statistics, effects, gains, hypotheses and conclusions of one budget's finished runs.
+
+    The declared test decides (:mod:`forgetlab.analysis.procedure`): a factor design fits the
+    factorial effects model, a group design runs its omnibus test where it has one; every
+    group-versus-reference p is the declared pairwise test's.
+    """
     primary, alpha, correction = settings.primary, settings.alpha, settings.correction
+    pairwise, omnibus = settings.pairwise_test, settings.omnibus_test
     metrics = metric_columns(frame)
     interactions = exp.meta.get("design") != "one_at_a_time"
     fits = {
         metric: factorial_effects(frame, exp.factors, metric, correction, alpha, interactions)
         for metric in (primary, *SECONDARY)
-        if metric in frame
+        if metric in frame and settings.factorial
     }
     primary_fit = fits.get(primary)
     gains = marginal_gains(frame, exp.factors, primary) if primary in frame else {}
@@ -147,8 +154,11 @@ def analyse_budget(exp: Experiment, frame: pd.DataFrame, settings: Settings) -> 
         groups=groups_table(exp, frame),
         group_stats=group_stats(frame, metrics, seed=settings.seed),
         reference_comparison=(
-            compare_to_reference(frame, reference, metrics) if reference else []
+            compare_to_reference(frame, reference, metrics, pairwise, settings.seed)
+            if reference
+            else []
         ),
+        omnibus=omnibus_tests(frame, metrics, omnibus) if omnibus else [],
         factorial=fits,
         marginal_gains=gains,
         hypotheses=judge(
@@ -167,6 +177,9 @@ def analyse_budget(exp: Experiment, frame: pd.DataFrame, settings: Settings) -> 
             correction,
             gains,
             reference,
+            pairwise,
+            omnibus,
+            settings.seed,
         ),
         performance=performance(exp, frame),
         joint_bounds=budget_bounds(frame, exp.records, reference),
@@ -174,14 +187,19 @@ def analyse_budget(exp: Experiment, frame: pd.DataFrame, settings: Settings) -> 
 
 
 def analysis_settings(exp: Experiment, seed: int) -> Settings:
-    """The pre-registered metric, alpha, correction and test (defaults where none is given)."""
+    """The pre-registered metric, alpha, correction and test (defaults where none is given), and
+    the procedure the test means for the study's design (ConfigError for one it cannot use)."""
     prereg = exp.preregistration or {}
     primary = prereg.get("primary_metric") or DEFAULT_PRIMARY
+    how = procedure(prereg.get("test"), exp.meta.get("design"))
     return Settings(
         primary=primary,
         alpha=float(prereg.get("alpha", 0.05)),
         correction=str(prereg.get("correction") or "holm"),
-        test=prereg.get("test"),
+        test=how.test,
+        pairwise_test=how.pairwise,
+        omnibus_test=how.omnibus,
+        factorial=how.factorial,
         co_primary=list(prereg.get("co_primary_metrics") or []),
         secondary=list(prereg.get("secondary_metrics") or []),
         seed=seed,

@@ -12,8 +12,13 @@ Definitions (the report's appendix repeats them):
   *sub-additive* when significant with negative benefit (redundant or diminishing mechanisms).
 * the *minimal mechanism set*: among the factor combinations, the one with the fewest factors at
   their "on" (second) level whose mean primary metric is not significantly worse than the best
-  combination's: Welch t-tests of every combination against the best, corrected with the
-  pre-registered correction; ties go to the better mean, then the fewer FLOPs.
+  combination's: the pre-registered pairwise test of every combination against the best (Welch t
+  under ``anova``, the test of a factor design; :mod:`forgetlab.analysis.procedure`), corrected
+  with the pre-registered correction; ties go to the better mean, then the fewer FLOPs.
+* a group is *better* / *worse* than the reference when the pairwise test's corrected p is below
+  alpha, signed by the test's estimate (difference of means, or the Hodges-Lehmann shift under
+  Mann-Whitney); under an omnibus test (``anova`` / ``kruskal`` in a group design) only when the
+  omnibus across the groups rejects too.
 * a mechanism's *cost buys no significant gain* when it adds training FLOPs (mean at "on" above
   mean at "off", both as means of cell means, see :func:`forgetlab.analysis.gains.level_mean`)
   and its main effect is not significant.
@@ -28,8 +33,9 @@ import pandas as pd
 
 from forgetlab.analysis.effects import FactorialResult, adjust_pvalues
 from forgetlab.analysis.gains import GainPoint, diminishing, level_mean
+from forgetlab.analysis.procedure import ESTIMATES, LABELS
 from forgetlab.analysis.registry import lower_is_better
-from forgetlab.analysis.stats import welch
+from forgetlab.analysis.stats import Comparison, compare, compare_to_reference, omnibus_tests
 
 FLOPS = "flops.training_total"
 
@@ -128,9 +134,16 @@ def effect_findings(res: FactorialResult, out: Conclusions) -> None:
 
 
 def minimal_set(
-    frame: pd.DataFrame, factors: dict[str, list[str]], metric: str, alpha: float, correction: str
+    frame: pd.DataFrame,
+    factors: dict[str, list[str]],
+    metric: str,
+    alpha: float,
+    correction: str,
+    pairwise: str = "welch_t",
+    seed: int = 0,
 ) -> MinimalSet | None:
-    """The minimal mechanism set (module docstring); None without two-level factors."""
+    """The minimal mechanism set (module docstring), by the ``pairwise`` test; None without
+    two-level factors."""
     if not factors or frame.empty:
         return None
     cols = [f"factor.{f}" for f in factors]
@@ -149,7 +162,7 @@ def minimal_set(
     best = max(means, key=lambda k: means[k])
     others = [k for k in cells if k != best]
     out = MinimalSet(best=_levels(best, factors), best_mean=float(cells[best].mean()))
-    tests = {k: welch(cells[k], cells[best]) for k in others}
+    tests = {k: compare(cells[k], cells[best], pairwise, seed) for k in others}
     if any(p is None for _, _, p in tests.values()):
         out.reason = (
             "too few runs for a test (a combination has fewer than two finished runs or no variance)"
@@ -206,13 +219,17 @@ def conclude(
     correction: str,
     gains: dict[str, list[GainPoint]],
     reference: str | None,
+    pairwise: str = "welch_t",
+    omnibus_test: str | None = None,
+    seed: int = 0,
 ) -> Conclusions:
-    """All computed findings for one budget's finished runs."""
+    """All computed findings for one budget's finished runs; group-versus-group p-values come from
+    the ``pairwise`` test, gated by ``omnibus_test`` where the procedure has one."""
     out = Conclusions()
     two = {f: lv for f, lv in factors.items() if len(lv) == 2 and f"factor.{f}" in frame}
     if res is not None and res.factors:
         effect_findings(res, out)
-        out.minimal_set = minimal_set(frame, two, metric, alpha, correction)
+        out.minimal_set = minimal_set(frame, two, metric, alpha, correction, pairwise, seed)
         found = out.minimal_set
         if found and found.minimal is not None:
             on = ", ".join(found.on or []) or "none (the all-off combination)"
@@ -238,7 +255,9 @@ def conclude(
                 f"Factor {f} shows diminishing returns per FLOP across its levels."
             )
     if reference:
-        out.versus_reference = versus_reference(frame, reference, metric, alpha, correction, out)
+        out.versus_reference = versus_reference(
+            frame, reference, metric, alpha, correction, out, pairwise, omnibus_test, seed
+        )
     return out
 
 
@@ -249,34 +268,82 @@ def versus_reference(
     alpha: float,
     correction: str,
     out: Conclusions,
+    pairwise: str = "welch_t",
+    omnibus_test: str | None = None,
+    seed: int = 0,
 ) -> dict[str, list[str]]:
-    """Groups significantly better / worse than the reference (Welch, corrected), or untestable."""
-    ref = frame.loc[frame["group"] == reference, metric].dropna()
+    """Groups significantly better / worse than the reference (the ``pairwise`` test, corrected,
+    behind the ``omnibus_test`` gate when given), or untestable."""
     verdicts: dict[str, list[str]] = {
         "better": [],
         "worse": [],
         "no_difference": [],
         "untestable": [],
     }
-    tests = {}
-    for g, sub in frame.groupby("group", sort=False):
-        if g != reference and not ref.empty and sub[metric].notna().any():
-            tests[str(g)] = welch(sub[metric].dropna(), ref)
-    testable = {g: t for g, t in tests.items() if t[2] is not None}
-    verdicts["untestable"] = [g for g in tests if g not in testable]
-    corrected = adjust_pvalues([t[2] for t in testable.values()], correction)
-    for (g, (diff, _, _)), p in zip(testable.items(), corrected, strict=True):
+    tests = [
+        c
+        for c in compare_to_reference(frame, reference, [metric], pairwise, seed)
+        if c.diff is not None
+    ]
+    too_few = [c.group for c in tests if c.p is None]
+    verdicts["untestable"] = list(too_few)
+    testable = [c for c in tests if c.p is not None]
+    if omnibus_test and testable and not _omnibus_passes(
+        frame, reference, metric, alpha, omnibus_test, pairwise, testable, verdicts, out
+    ):
+        testable = []
+    corrected = adjust_pvalues([c.p for c in testable], correction)  # type: ignore[misc]
+    for c, p in zip(testable, corrected, strict=True):
+        diff = c.diff or 0.0
         key = (
             "no_difference" if p >= alpha else ("better" if _benefit(diff, metric) > 0 else "worse")
         )
-        verdicts[key].append(g)
+        verdicts[key].append(c.group)
         if key != "no_difference":
             out.statements.append(
-                f"Group {g} is significantly {key} than the reference {reference} on {metric} "
-                f"(difference {_fmt(diff)}, p_{correction} = {_fmt(p)})."
+                f"Group {c.group} is significantly {key} than the reference {reference} on "
+                f"{metric} ({ESTIMATES[pairwise]} {_fmt(diff)}, {LABELS[pairwise]} "
+                f"p_{correction} = {_fmt(p)})."
             )
-    if verdicts["untestable"]:
+    if too_few:
         out.statements.append(
-            f"Groups {', '.join(verdicts['untestable'])}: too few runs to test against {reference}."
+            f"Groups {', '.join(too_few)}: too few runs to test against {reference}."
         )
     return verdicts
+
+
+def _omnibus_passes(
+    frame: pd.DataFrame,
+    reference: str,
+    metric: str,
+    alpha: float,
+    omnibus_test: str,
+    pairwise: str,
+    testable: list[Comparison],
+    verdicts: dict[str, list[str]],
+    out: Conclusions,
+) -> bool:
+    """The omnibus gate: True when the test across the groups rejects; otherwise the testable
+    groups get their verdict here (no difference, or untestable without an omnibus p)."""
+    gate = omnibus_tests(frame, [metric], omnibus_test)[0]
+    name = LABELS[omnibus_test]
+    if gate.p is not None and gate.p < alpha:
+        out.statements.append(
+            f"{name} across the groups: they differ on {metric} (p = {_fmt(gate.p)}); "
+            f"each group against {reference} by {LABELS[pairwise]} tests."
+        )
+        return True
+    groups = [c.group for c in testable]
+    if gate.p is None:
+        verdicts["untestable"] += groups
+        out.statements.append(
+            f"No {name} across the groups on {metric} (fewer than two groups with two runs, or "
+            "no variation): no group is compared with the reference."
+        )
+        return False
+    verdicts["no_difference"] += groups
+    out.statements.append(
+        f"{name} across the groups finds no difference on {metric} (p = {_fmt(gate.p)}): no "
+        f"group is declared different from {reference}, whatever its pairwise {LABELS[pairwise]} p."
+    )
+    return False

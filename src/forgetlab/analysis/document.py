@@ -25,7 +25,7 @@ from forgetlab.analysis.effects import FactorialResult
 from forgetlab.analysis.gains import GainPoint
 from forgetlab.analysis.hypotheses import Verdict
 from forgetlab.analysis.joint import Bounds
-from forgetlab.analysis.stats import Comparison, GroupStat
+from forgetlab.analysis.stats import Comparison, GroupStat, Omnibus
 from forgetlab.config import ConfigError
 
 ANALYSIS_JSON = "analysis.json"
@@ -46,12 +46,18 @@ class ExperimentInfo:
 
 @dataclass
 class Settings:
-    """How the study is analysed: the pre-registered metric, test, alpha and correction."""
+    """How the study is analysed: the pre-registered metric, test, alpha and correction, and what
+    the test means for the design (:func:`forgetlab.analysis.procedure.procedure`): the pairwise
+    test behind every group-versus-reference p, the omnibus test gating them (or None) and whether
+    the factorial effects model is fitted."""
 
     primary: str
     alpha: float
     correction: str
-    test: str | None
+    test: str
+    pairwise_test: str
+    omnibus_test: str | None
+    factorial: bool
     co_primary: list[str]
     secondary: list[str]
     seed: int
@@ -142,6 +148,8 @@ class BudgetAnalysis:
     performance: list[GroupPerformance]
     # each group between naive and joint training, one entry per joint group (none without one)
     joint_bounds: list[Bounds] = field(default_factory=list)
+    # the omnibus test across the groups per metric (group designs under anova / kruskal)
+    omnibus: list[Omnibus] = field(default_factory=list)
 
     @cached_property
     def _stats_by_key(self) -> dict[tuple[str, str], GroupStat]:
@@ -154,6 +162,10 @@ class BudgetAnalysis:
     def stat(self, group: str, metric: str) -> GroupStat | None:
         """The statistics of ``metric`` in ``group`` (None when the group has no finished run)."""
         return self._stats_by_key.get((group, metric))
+
+    def omnibus_on(self, metric: str) -> Omnibus | None:
+        """The omnibus test across the groups on ``metric`` (None where the procedure has none)."""
+        return next((o for o in self.omnibus if o.metric == metric), None)
 
     def comparison(self, group: str, metric: str) -> Comparison | None:
         """``group`` against the reference group on ``metric`` (None for the reference itself)."""

@@ -40,6 +40,8 @@ def adjust_pvalues(p: list[float], method: str) -> list[float]:
     written out because statsmodels' Holm branch calls ``gc.collect()`` on every call, which costs
     ~0.3 s in a process that holds a report's figures and frames.
     """
+    if method not in CORRECTIONS:  # never Holm in place of a correction it does not know
+        raise ConfigError(f"preregistration.correction = {method!r}: allowed {list(CORRECTIONS)}")
     a = np.asarray(p, dtype=float)
     if method == "none" or a.size == 0:
         return a.tolist()

@@ -52,8 +52,9 @@ from forgetlab.analysis.gains import GainPoint
 from forgetlab.analysis.hypotheses import ALIASES, TEST_FAMILIES, Verdict, identifier, referenced
 from forgetlab.analysis.joint import Bounds, Placement
 from forgetlab.analysis.load import Experiment, load_experiment
+from forgetlab.analysis.procedure import ESTIMATES, LABELS, describe
 from forgetlab.analysis.registry import REPORTED, SECONDARY
-from forgetlab.analysis.stats import Comparison, GroupStat
+from forgetlab.analysis.stats import Comparison, GroupStat, Omnibus
 from forgetlab.analysis.tables import Column, as_is, pair_columns
 from forgetlab.atomic import atomic_write_json, atomic_write_text
 
@@ -359,9 +360,10 @@ def answer_verdict_columns(result: BudgetAnalysis) -> list[Column[Verdict]]:
 
 
 def answer_primary_columns(
-    result: BudgetAnalysis, reference: str | None
+    result: BudgetAnalysis, reference: str | None, pairwise: str = "welch_t"
 ) -> list[Column[GroupStat]]:
-    """Per group: n, mean, 95% t interval, and (with a reference) the Welch difference to it."""
+    """Per group: n, mean, 95% t interval, and (with a reference) the difference to it, its
+    interval where the ``pairwise`` test gives one, and that test's (uncorrected) p."""
     columns: list[Column[GroupStat]] = [
         Column("group", lambda stat: stat.group),
         Column("n", lambda stat: stat.n),
@@ -373,14 +375,23 @@ def answer_primary_columns(
         def versus(stat: GroupStat) -> Comparison | None:
             return result.comparison(stat.group, stat.metric)
 
-        columns += [
+        delta = "Δ" if pairwise != "mann_whitney" else "Δ (Hodges-Lehmann)"
+        columns.append(
             Column(
-                f"Δ vs `{reference}`",
+                f"{delta} vs `{reference}`",
                 lambda stat: _diff(versus(stat)) if versus(stat) else "reference",
-            ),
-            Column("95% CI of Δ", lambda stat: ci(found.ci) if (found := versus(stat)) else ""),
-            Column("p (Welch)", lambda stat: fmt(found.p) if (found := versus(stat)) else ""),
-        ]
+            )
+        )
+        if pairwise == "welch_t":  # the only pairwise test that gives an interval
+            columns.append(
+                Column("95% CI of Δ", lambda stat: ci(found.ci) if (found := versus(stat)) else "")
+            )
+        columns.append(
+            Column(
+                f"p ({LABELS[pairwise]})",
+                lambda stat: fmt(found.p) if (found := versus(stat)) else "",
+            )
+        )
     return columns
 
 
@@ -410,11 +421,23 @@ def section_answer(doc: Doc, ctx: ReportContext) -> None:
         if result.hypotheses:
             doc.p(f"**Hypotheses**{b.where}:")
             doc.table(answer_verdict_columns(result), result.hypotheses)
-        doc.p(f"**`{primary}` per group**{b.where} (mean over finished runs, 95% t interval):")
+        settings = ctx.analysis.settings
+        against = (
+            f"; p: {LABELS[settings.pairwise_test]} test against `{reference}`, uncorrected"
+            if reference and result.reference_comparison
+            else ""
+        )
+        doc.p(
+            f"**`{primary}` per group**{b.where} (mean over finished runs, 95% t interval"
+            f"{against}):"
+        )
         doc.table(
-            answer_primary_columns(result, reference),
+            answer_primary_columns(result, reference, settings.pairwise_test),
             [s for g in result.finished_groups if (s := result.stat(g, primary))],
         )
+        gate = result.omnibus_on(primary)
+        if gate is not None:
+            doc.p(omnibus_text(gate))
         fit = result.factorial.get(primary)
         if fit and fit.factors:
             doc.p(f"**Effects on `{primary}`**{b.where} (mean(+1) − mean(−1)):")
@@ -424,6 +447,20 @@ def section_answer(doc: Doc, ctx: ReportContext) -> None:
         doc.p(f"**Conclusions**{b.where}:")
         statements = result.conclusions.statements
         doc.bullets(statements or ["No conclusion can be drawn from these runs."])
+
+
+def omnibus_text(gate: Omnibus) -> str:
+    """The omnibus test across the groups in one sentence."""
+    stat = {"anova": "F", "kruskal": "H"}.get(gate.test, "statistic")
+    if gate.p is None:
+        return (
+            f"{LABELS[gate.test]} across the groups on `{gate.metric}`: not computed (fewer than "
+            "two groups with two runs, or no variation)."
+        )
+    return (
+        f"{LABELS[gate.test]} across the groups ({', '.join(gate.groups)}) on `{gate.metric}`: "
+        f"{stat} = {fmt(gate.statistic)}, p = {fmt(gate.p)}."
+    )
 
 
 def _share(share: float | None) -> str:
@@ -579,6 +616,13 @@ def section_goal(doc: Doc, ctx: ReportContext) -> None:
 def section_prereg(doc: Doc, ctx: ReportContext) -> None:
     doc.h(2, "Pre-registration")
     prereg_block(doc, ctx.analysis.preregistration)
+    settings = ctx.analysis.settings
+    declared = "declared" if ctx.analysis.preregistration.status != "absent" else "default"
+    doc.p(
+        f"Test `{settings.test}` ({declared}) under design `{ctx.analysis.experiment.design}`: "
+        f"{describe(settings.pairwise_test, settings.omnibus_test, settings.factorial)}; "
+        f"p-values corrected with `{settings.correction}`, alpha {fmt(settings.alpha)}."
+    )
 
 
 def mechanism_knob_defaults() -> dict[str, dict[str, Any]]:
@@ -792,10 +836,11 @@ def metrics_detail(doc: Doc, ctx: ReportContext, result: BudgetAnalysis) -> None
     doc.h(3, f"Primary metric `{primary}`: intervals and stability")
     doc.table(INTERVAL_COLUMNS, [s for g in groups if (s := result.stat(g, primary))])
     if result.reference_comparison:
+        pairwise = ctx.analysis.settings.pairwise_test
         doc.h(
             3,
             f"Against the reference group `{ctx.analysis.experiment.reference}` "
-            "(difference of means, relative)",
+            f"({ESTIMATES[pairwise]}, relative)",
         )
         doc.table(
             [Column("group", as_is), *[Column(f"`{m}`", partial(difference, m)) for m in metrics]],
@@ -920,7 +965,7 @@ def section_definitions(doc: Doc, ctx: ReportContext) -> None:
             "Super-additive interaction: significant with a benefit (sign-adjusted so positive = better) above zero: "
             "the factors together beat the sum of their single effects; sub-additive: below zero.",
             "Minimal mechanism set: fewest factors 'on' whose combination is not significantly worse than the best "
-            "(Welch t-tests against the best, corrected).",
+            f"({LABELS[ctx.analysis.settings.pairwise_test]} tests against the best, corrected).",
             "Seed variance: pooled within-order variance over seeds; order variance: variance of per-order means.",
         ]
     )

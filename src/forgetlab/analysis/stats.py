@@ -11,19 +11,29 @@ Stability (docs/metrics.md, the T/W/R ablation's stability metrics):
   only the seed changes;
 * order variance: the variance over domain orders of the per-order means, i.e. how much the
   result depends on the order of the stream.
+
+Comparisons: each group against the reference by the pairwise test the pre-registration declares
+(:func:`compare`; which test a declaration means per design is :mod:`forgetlab.analysis.procedure`)
+and, where it declares one, the omnibus test across the groups (:func:`omnibus`).
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from forgetlab.analysis.procedure import PAIRWISE_TESTS
+
 LEVEL = 0.95
 N_BOOT = 2000
+N_PERMUTATIONS = 9999  # random arrangements of a permutation test (p resolution 1e-4); exact below
 
 
 def t_interval(x: Sequence[float], level: float = LEVEL) -> tuple[float, float] | None:
@@ -110,7 +120,8 @@ def group_stats(frame: pd.DataFrame, metrics: Sequence[str], seed: int = 0) -> l
 
 @dataclass
 class Comparison:
-    """A group against the reference group on one metric: Welch's t-test on the difference."""
+    """A group against the reference group on one metric, by the pre-registered pairwise test:
+    its difference (``test``'s estimate, see :func:`compare`), relative difference, interval, p."""
 
     group: str
     metric: str
@@ -118,40 +129,168 @@ class Comparison:
     rel: float | None
     ci: tuple[float, float] | None
     p: float | None
+    test: str
 
 
-def welch(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> tuple:
-    """mean(a) - mean(b), its Welch interval and two-sided p; None below n = 2 or without variance."""
+class Difference(NamedTuple):
+    """What :func:`compare` returns: the estimate, its interval (None where the test gives none)
+    and the two-sided p (None when the samples cannot be tested)."""
+
+    diff: float
+    ci: tuple[float, float] | None
+    p: float | None
+
+
+def compare(
+    a: Sequence[float], b: Sequence[float], test: str, seed: int = 0, level: float = LEVEL
+) -> Difference:
+    """Sample ``a`` against sample ``b`` by the pairwise ``test``; every pairwise p comes from here.
+
+    * ``welch_t``: mean(a) - mean(b), its Welch interval and p (``scipy.stats.ttest_ind`` with
+      ``equal_var=False``); no p when a sample has fewer than two values or neither varies.
+    * ``mann_whitney``: the Hodges-Lehmann shift, median of all differences a_i - b_j (the shift
+      the U test is about: its sign is the sign of U - n_a n_b / 2, so a "better" verdict never
+      contradicts the test), no interval, and the two-sided U test's p: exact without ties when a
+      sample has at most 8 values, the exact permutation distribution of U with ties when there
+      are at most :data:`N_PERMUTATIONS` arrangements, else the normal approximation (tie and
+      continuity corrected).
+    * ``permutation``: mean(a) - mean(b), no interval, and the two-sided p of a permutation test of
+      it (``scipy.stats.permutation_test``): exact when the C(n_a + n_b, n_a) arrangements number
+      at most :data:`N_PERMUTATIONS`, else that many random ones drawn from
+      ``np.random.default_rng(seed)``, so the same analysis gives the same p.
+
+    Rank and permutation tests need two values per sample and some variation in the pooled sample.
+    """
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if test == "welch_t":
+        return _welch(x, y, level)
+    rng = np.random.default_rng(seed)
+    pooled = np.concatenate([x, y])
+    testable = x.size >= 2 and y.size >= 2 and np.ptp(pooled) > 0
+    if test == "mann_whitney":
+        shift = float(np.median(np.subtract.outer(x, y)))
+        if not testable:
+            return Difference(shift, None, None)
+        if np.unique(pooled).size == pooled.size:
+            method: Any = "exact" if min(x.size, y.size) <= 8 else "asymptotic"
+        elif math.comb(pooled.size, x.size) <= N_PERMUTATIONS:
+            method = stats.PermutationMethod(n_resamples=N_PERMUTATIONS, rng=rng)
+        else:
+            method = "asymptotic"
+        res = stats.mannwhitneyu(x, y, alternative="two-sided", method=method)
+        return Difference(shift, None, _finite(res.pvalue))
+    if test == "permutation":
+        diff = float(x.mean() - y.mean())
+        if not testable:
+            return Difference(diff, None, None)
+        res = stats.permutation_test(
+            (x, y),
+            _mean_difference,
+            permutation_type="independent",
+            vectorized=True,
+            n_resamples=N_PERMUTATIONS,
+            alternative="two-sided",
+            rng=rng,
+        )
+        return Difference(diff, None, _finite(res.pvalue))
+    raise ValueError(f"pairwise test {test!r}: allowed {list(PAIRWISE_TESTS)}")
+
+
+def _welch(x: np.ndarray, y: np.ndarray, level: float) -> Difference:
     diff = float(x.mean() - y.mean())
-    if x.size < 2 or y.size < 2:
-        return diff, None, None
-    vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
-    se = float(np.sqrt(vx + vy))
-    if se == 0.0:  # no run-to-run variation: nothing to test against
-        return diff, None, None
-    dof = (vx + vy) ** 2 / (vx**2 / (x.size - 1) + vy**2 / (y.size - 1))
-    half = stats.t.ppf(0.5 + level / 2, dof) * se
-    p = float(2 * stats.t.sf(abs(diff) / se, dof))
-    return diff, (diff - half, diff + half), p
+    if x.size < 2 or y.size < 2 or (np.ptp(x) == 0 and np.ptp(y) == 0):
+        return Difference(diff, None, None)  # no run-to-run variation: nothing to test against
+    with warnings.catch_warnings():
+        # scipy warns when values agree to ~7 digits (float32 metrics of near-identical runs);
+        # float64 moments of such values are still exact to ~9 digits, and the p stands
+        warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
+        res = stats.ttest_ind(x, y, equal_var=False)
+    interval = res.confidence_interval(level)
+    return Difference(diff, (float(interval.low), float(interval.high)), _finite(res.pvalue))
+
+
+def _mean_difference(x: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:
+    return np.mean(x, axis=axis) - np.mean(y, axis=axis)
+
+
+def _finite(p: Any) -> float | None:
+    v = float(p)
+    return v if math.isfinite(v) else None
 
 
 def compare_to_reference(
-    frame: pd.DataFrame, reference: str, metrics: Sequence[str]
+    frame: pd.DataFrame,
+    reference: str,
+    metrics: Sequence[str],
+    test: str = "welch_t",
+    seed: int = 0,
 ) -> list[Comparison]:
-    """Absolute and relative differences of every group's mean against the reference group."""
+    """Every group against the reference group on every metric, by the pairwise ``test``.
+
+    ``rel`` is the difference relative to the reference's centre: its mean for the mean-difference
+    tests, its median for the Hodges-Lehmann shift.
+    """
     ref = frame[frame["group"] == reference]
     out = []
     for group, g in frame.groupby("group", sort=False):
         if group == reference:
             continue
         for metric in metrics:
-            a, b = g[metric].dropna(), ref[metric].dropna()
-            if a.empty or b.empty:
-                out.append(Comparison(str(group), metric, None, None, None, None))
+            a, b = _finite_values(g[metric]), _finite_values(ref[metric])
+            if not a.size or not b.size:
+                out.append(Comparison(str(group), metric, None, None, None, None, test))
                 continue
-            diff, ci, p = welch(a, b)
-            base = float(b.mean())
+            diff, ci, p = compare(a, b, test, seed)
+            base = float(np.median(b) if test == "mann_whitney" else b.mean())
             rel = diff / abs(base) if base != 0 else None
-            out.append(Comparison(str(group), metric, diff, rel, ci, p))
+            out.append(Comparison(str(group), metric, diff, rel, ci, p, test))
     return out
+
+
+def _finite_values(column: pd.Series) -> np.ndarray:
+    v = column.to_numpy(dtype=float)
+    return v[np.isfinite(v)]
+
+
+@dataclass
+class Omnibus:
+    """The omnibus test across the groups on one metric (group designs under anova / kruskal):
+    the one-way ANOVA F or the Kruskal-Wallis H, its p, and the groups it covered."""
+
+    metric: str
+    test: str
+    statistic: float | None
+    p: float | None
+    groups: list[str]
+
+
+def omnibus(samples: dict[str, np.ndarray], test: str, metric: str = "") -> Omnibus:
+    """``test`` (``anova``: ``scipy.stats.f_oneway``; ``kruskal``: ``scipy.stats.kruskal``) across
+    the samples with at least two values each; no statistic with fewer than two such groups or
+    when the pooled values do not vary."""
+    kept = {g: v for g, v in samples.items() if v.size >= 2}
+    out = Omnibus(metric, test, None, None, list(kept))
+    if len(kept) < 2 or np.ptp(np.concatenate(list(kept.values()))) == 0:
+        return out
+    if test == "anova":
+        res = stats.f_oneway(*kept.values())
+    elif test == "kruskal":
+        res = stats.kruskal(*kept.values())
+    else:
+        raise ValueError(f"omnibus test {test!r}: allowed ['anova', 'kruskal']")
+    out.statistic, out.p = _finite(res.statistic), _finite(res.pvalue)
+    if out.p is None:
+        out.statistic = None
+    return out
+
+
+def omnibus_tests(frame: pd.DataFrame, metrics: Sequence[str], test: str) -> list[Omnibus]:
+    """The omnibus ``test`` across the groups of ``frame`` on every metric."""
+    return [
+        omnibus(
+            {str(g): _finite_values(sub[metric]) for g, sub in frame.groupby("group", sort=False)},
+            test,
+            metric,
+        )
+        for metric in metrics
+    ]

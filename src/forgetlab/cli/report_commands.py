@@ -26,7 +26,7 @@ def report(
     as_json: Annotated[
         bool, typer.Option("--json", help="also print analysis.json to stdout")
     ] = False,
-    seed: Annotated[int, typer.Option(help="seed of the bootstrap resampling")] = 0,
+    seed: Annotated[int, typer.Option(help="seed of the bootstrap and permutation resampling")] = 0,
 ) -> None:
     """Write analysis.json, report.md, report.html and plots/ into EXP_DIR."""
     from forgetlab.analysis.document import load_analysis, to_json

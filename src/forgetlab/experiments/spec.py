@@ -31,12 +31,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from forgetlab.analysis import registry
+from forgetlab.analysis.procedure import check_test
 from forgetlab.config import ConfigError, format_validation_error
 from forgetlab.experiments.slurm import SlurmOptions
 
 DESIGNS = ("full_factorial", "one_at_a_time", "groups", "sweep")
 BUDGETS = ("same_shape", "matched_flops")
-TESTS = ("anova", "welch_t", "mann_whitney", "kruskal", "permutation")
 CORRECTIONS = ("holm", "bonferroni", "fdr_bh", "none")
 REPLACED_BY_SCALE = ("seeds", "orders", "budgets")  # a scale's value replaces, never merges
 
@@ -130,7 +130,10 @@ class Hypothesis(_Strict):
 
 
 class Preregistration(_Strict):
-    """What is tested, how, decided before the first run (hashed and stored when it starts)."""
+    """What is tested, how, decided before the first run (hashed and stored when it starts).
+
+    ``test`` decides every p the analysis reports; which tests a design allows and what each
+    means there is :mod:`forgetlab.analysis.procedure` (the study validator checks the pair)."""
 
     primary_metric: str
     co_primary_metrics: list[str] = Field(default_factory=list)
@@ -222,6 +225,8 @@ class ExperimentSpec(_Strict):
                 )
         if len(set(self.budgets)) != len(self.budgets):
             raise ValueError(f"budgets = {self.budgets} repeats a budget")
+        if self.preregistration is not None:
+            check_test(self.preregistration.test, kind)
         return self
 
 
