@@ -33,7 +33,7 @@ def bare_step(trainer: Trainer) -> None:
         domain.train, trainer.state.rng.data, cfg.batch_size, trainer.model_cfg.block_size
     )
     with trainer.autocast():
-        logits = trainer.train_model(x)
+        logits = trainer.steps.train_model(x)
     loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
     loss.backward()
     torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), cfg.grad_clip)
@@ -61,12 +61,12 @@ def main() -> None:
         trainer._setup()
         for _ in range(3):  # warm-up both paths
             bare_step(trainer)
-            trainer._train_step(0)
+            trainer.steps.train_step(0)
         times: dict[str, list[float]] = {"bare": [], "forgetlab": []}
         for _ in range(args.rounds):
             for name, fn in (
                 ("bare", lambda: bare_step(trainer)),
-                ("forgetlab", lambda: trainer._train_step(0)),
+                ("forgetlab", lambda: trainer.steps.train_step(0)),
             ):
                 for _ in range(args.steps):
                     t0 = time.perf_counter()

@@ -91,9 +91,10 @@ def killed_run():
     """``killed_run(cfg, out, at)`` trains ``cfg`` into ``out`` and kills it (KeyboardInterrupt,
     as a Ctrl-C or a dying worker would) at its ``at``-th training step, for resume tests."""
     from forgetlab.train import Trainer
+    from forgetlab.train.step import StepRunner
 
     def run(cfg, out, at: int) -> None:
-        original = Trainer._train_step
+        original = StepRunner.train_step
         calls = 0
 
         def crashing(self, stage):
@@ -104,7 +105,7 @@ def killed_run():
             return original(self, stage)
 
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(Trainer, "_train_step", crashing)
+            patch.setattr(StepRunner, "train_step", crashing)
             with pytest.raises(KeyboardInterrupt):
                 Trainer(cfg, out, progress=False).run()
 

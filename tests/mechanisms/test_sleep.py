@@ -6,6 +6,7 @@ from forgetlab.config import ConfigError, MechanismConfig, resolve_run_config
 from forgetlab.mechanisms import build_mechanisms
 from forgetlab.mechanisms.parts.sampling import generation_flops
 from forgetlab.train import Trainer
+from forgetlab.train.step import StepRunner
 
 STEPS = 4
 
@@ -21,14 +22,14 @@ def run_with_sleep(fixture_data, tmp_path, monkeypatch, **knobs):
         "mechanisms": [{"name": "sleep", **knobs}],
     })
     extra = []
-    original = Trainer._extra_step
+    original = StepRunner.extra_step
 
     def counting(self, batch):
         assert batch.weights is None and batch.replayed.all()  # memory rows only, never gated
         extra.append((self.ctx.stage, self.ctx.step, tuple(batch.x.shape)))
         return original(self, batch)
 
-    monkeypatch.setattr(Trainer, "_extra_step", counting)
+    monkeypatch.setattr(StepRunner, "extra_step", counting)
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
     return trainer, trainer.run(), extra
 

@@ -162,15 +162,15 @@ import json, logging, os, sys, time
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
 from forgetlab.config import RunConfig
 from forgetlab.train import base_model
-from forgetlab.train.trainer import Trainer
+from forgetlab.train.step import StepRunner
 cfg = RunConfig.model_validate_json(open(sys.argv[1]).read())
 if len(sys.argv) > 2:  # hold every step until the gate file exists
-    step = Trainer._train_step
+    step = StepRunner.train_step
     def gated(self, stage):
         while not os.path.exists(sys.argv[2]):
             time.sleep(0.05)
         return step(self, stage)
-    Trainer._train_step = gated
+    StepRunner.train_step = gated
 trained = base_model.train_base(base_model.locate(cfg), progress=False)
 print(json.dumps({"trained": trained}), flush=True)
 """

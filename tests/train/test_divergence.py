@@ -9,25 +9,28 @@ from test_trainer import micro_config
 
 from forgetlab.train import RunDir, Trainer
 from forgetlab.train.failures import DivergenceError
+from forgetlab.train.step import StepRunner
 
 
-def test_a_huge_learning_rate_fails_the_run_at_the_first_non_finite_step(fixture_data, tmp_path):
+def test_a_huge_learning_rate_fails_the_run_at_the_first_non_finite_step(
+    fixture_data, tmp_path, monkeypatch
+):
     out = tmp_path / "run"
     cfg = micro_config(fixture_data, domains=2, lr=1e3, warmup_steps=0, log_every=3)
     trainer = Trainer(cfg, out, progress=False)
     seen: list[tuple[float, float]] = []
-    step = trainer._train_step
+    step = StepRunner.train_step
 
-    def recording(stage):  # the values the run saw, step by step, until it stopped
+    def recording(steps, stage):  # the values the run saw, step by step, until it stopped
         try:
-            stats = step(stage)
+            stats = step(steps, stage)
         except DivergenceError:
             seen.append((math.nan, math.nan))
             raise
         seen.append((stats["train_loss"], stats["grad_norm"]))
         return stats
 
-    trainer._train_step = recording
+    monkeypatch.setattr(StepRunner, "train_step", recording)
     with pytest.raises(DivergenceError, match=r"gradient norm is nan at step 2 \(stage 1 'code', "
                        r"step 2 of the stage\); last finite checkpoint: none.*lower train\.lr"):
         trainer.run()
@@ -46,15 +49,15 @@ def test_divergence_in_a_later_stage_names_the_last_finite_checkpoint(
     out = tmp_path / "run"
     cfg = micro_config(fixture_data, domains=2)
     trainer = Trainer(cfg, out, progress=False)
-    forward = trainer._forward_loss
+    forward = StepRunner.forward_loss
 
-    def poisoned(batch):  # stage 2's third step produces a NaN loss
-        loss, terms = forward(batch)
+    def poisoned(steps, batch):  # stage 2's third step produces a NaN loss
+        loss, terms = forward(steps, batch)
         if trainer.ctx.stage == 1 and trainer.ctx.step == 2:
             loss = loss * torch.tensor(float("nan"))
         return loss, terms
 
-    trainer._forward_loss = poisoned
+    monkeypatch.setattr(StepRunner, "forward_loss", poisoned)
     with pytest.raises(DivergenceError) as caught:
         trainer.run()
     stage_end = RunDir(out).checkpoints / "step-00000006"
@@ -85,20 +88,20 @@ def test_a_nan_evaluation_is_never_written_as_r(fixture_data, tmp_path, monkeypa
     assert all(math.isfinite(v) for row in record["R"]["loss"] for v in row)
 
 
-def test_non_finite_weights_are_never_checkpointed(fixture_data, tmp_path):
+def test_non_finite_weights_are_never_checkpointed(fixture_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
     trainer = Trainer(micro_config(fixture_data, domains=1, checkpoint_every=4), out,
                       progress=False)
-    step = trainer._optimizer_step
+    step = StepRunner.optimizer_step
 
-    def poisoning_the_fourth(stage, t0):  # after its gradient check, as a bad kernel would
-        result = step(stage, t0)
+    def poisoning_the_fourth(steps, stage, t0):  # after its gradient check, as a bad kernel would
+        result = step(steps, stage, t0)
         if trainer.ctx.global_step == 3:
             with torch.no_grad():
                 next(trainer.model.parameters()).view(-1)[0] = math.inf
         return result
 
-    trainer._optimizer_step = poisoning_the_fourth
+    monkeypatch.setattr(StepRunner, "optimizer_step", poisoning_the_fourth)
     with pytest.raises(DivergenceError, match=r"weight \S+ is not finite after step 4 \(stage 1 "
                        r"'code', step 4 of the stage\); last finite checkpoint: none"):
         trainer.run()

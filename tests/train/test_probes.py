@@ -17,6 +17,7 @@ from forgetlab.models import load_model, model_flops_per_token
 from forgetlab.train import RunDir, Trainer
 from forgetlab.train.device import autocast_factory
 from forgetlab.train.evaluate import evaluate, make_eval_set
+from forgetlab.train.step import StepRunner
 
 STREAM, PROBES = ["code", "math"], ["legal", "dialogue"]
 VAL_BATCHES, BATCH, EVAL_BATCH, STEPS = 2, 4, 8, 4
@@ -133,14 +134,14 @@ class BatchSpy:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.rows: list[bytes] = []
-        original = Trainer._forward_loss
+        original = StepRunner.forward_loss
 
-        def spy(trainer: Trainer, batch):
+        def spy(steps: StepRunner, batch):
             for row in batch.x.detach().cpu().to(torch.int64).numpy():
                 self.rows.append(row.tobytes())
-            return original(trainer, batch)
+            return original(steps, batch)
 
-        monkeypatch.setattr(Trainer, "_forward_loss", spy)
+        monkeypatch.setattr(StepRunner, "forward_loss", spy)
 
     def leaked(self, fixture_data, names: list[str], block: int) -> int:
         """How many trained rows are windows of the train or val split of ``names``."""

@@ -119,6 +119,17 @@ def test_a_run_that_failed_before_its_first_checkpoint_accepts_a_corrected_confi
     assert not (out / "tb" / "events.stale").exists()
 
 
+def test_a_vocabulary_smaller_than_the_tokenizers_is_refused_naming_both(fixture_data, tmp_path):
+    """model.vocab_size may pad the tokenizer's vocabulary, never cut it (ids past the embedding
+    table): the run stops in set-up, before any step, naming the key and both sizes."""
+    cfg = micro_config(fixture_data, domains=1)
+    cfg.model.vocab_size = 100
+    with pytest.raises(ConfigError, match=r"^model\.vocab_size = 100 is smaller than the "
+                       rf"{fixture_data.tokenizer} tokenizer's \d+ tokens$"):
+        Trainer(cfg, tmp_path / "run", progress=False).run()
+    assert not RunDir(tmp_path / "run").has_checkpoint()
+
+
 def test_a_failed_run_with_a_checkpoint_refuses_another_config(fixture_data, tmp_path):
     out = RunDir(tmp_path / "run")
     (out.latest).mkdir(parents=True)

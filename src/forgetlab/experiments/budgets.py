@@ -115,8 +115,10 @@ def analytic_model(cfg: RunConfig) -> FlopsModel:
 
 
 def _training_flops(trainer: Any) -> float:
+    from forgetlab.train.flops import mechanism_flops
+
     t = trainer.flops.totals()
-    return t["train"] + t["extra_steps"] + trainer._mechanism_flops()
+    return t["train"] + t["extra_steps"] + mechanism_flops(trainer.mechanisms, trainer.ctx)
 
 
 def calibrate(cfg: RunConfig, steps: int = 4) -> FlopsModel:
@@ -143,7 +145,7 @@ def calibrate(cfg: RunConfig, steps: int = 4) -> FlopsModel:
             before_steps = _training_flops(trainer)
             for step in range(steps):
                 ctx.step = step
-                trainer._train_step(stage)
+                trainer.steps.train_step(stage)
                 ctx.global_step += 1
             after_steps = _training_flops(trainer)
             for m in trainer.mechanisms:

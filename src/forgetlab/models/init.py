@@ -444,6 +444,19 @@ def resolve_init(
 
 
 # -------------------------------------------------------------------------------- the run
+def run_vocab_size(configured: int | None, tokenizer: Tokenizer) -> int | None:
+    """The vocabulary a run's model is built with: the tokenizer's, unless ``model.vocab_size``
+    (``configured``) pads it (e.g. 50304 for GPU efficiency), then None (the config's own)."""
+    if configured is None:
+        return tokenizer.vocab_size
+    if configured < tokenizer.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size = {configured} is smaller than the {tokenizer.name} "
+            f"tokenizer's {tokenizer.vocab_size} tokens"
+        )
+    return None
+
+
 def build_run_model(
     cfg: ModelConfig, vocab_size: int | None, tokenizer: Tokenizer, load_init: bool = True
 ) -> GPT:

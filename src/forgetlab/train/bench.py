@@ -29,12 +29,12 @@ def bench_train(cfg: RunConfig, steps: int = 10, warmup: int = 3) -> dict[str, A
         if trainer.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(trainer.device)
         for _ in range(warmup):
-            trainer._train_step(0)
+            trainer.steps.train_step(0)
         times = []
         for _ in range(steps):
             synchronize(trainer.device)
             t0 = time.perf_counter()
-            trainer._train_step(0)
+            trainer.steps.train_step(0)
             synchronize(trainer.device)
             times.append(time.perf_counter() - t0)
         peak = measure_matmul_peak(trainer.device, trainer.precision, seconds=1.0)

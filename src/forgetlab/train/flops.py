@@ -13,10 +13,15 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from forgetlab.mechanisms import Mechanism, TrainContext
 
 # Dense bf16 tensor-core peaks in FLOP/s from the vendors' data sheets (no sparsity).
 GPU_PEAK_BF16: dict[str, float] = {
@@ -116,6 +121,12 @@ def peak_flops(device: torch.device, precision: str) -> tuple[float | None, str]
         if value:
             return float(value), "bench peak"
     return measure_matmul_peak(device, precision, seconds=0.3), "measured at run start"
+
+
+def mechanism_flops(mechanisms: Iterable[Mechanism], ctx: TrainContext) -> float:
+    """What the mechanisms' FLOP meters read now: their compute beyond the trainer's own steps
+    (a stage's share is the difference between its end and its start)."""
+    return float(sum(m.flops(ctx) for m in mechanisms))
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The continual trainer: walk a stream of domains, evaluate every domain after every stage.
 
 For each stage ``s`` (domain ``s`` of the stream) the trainer runs ``steps_per_stage`` optimizer
-steps on that domain's train split, calling the mechanisms' hooks at their moments, then evaluates
+steps on that domain's train split (each one :class:`~forgetlab.train.step.StepRunner`'s, which
+calls the mechanisms' step hooks), with their stage hooks at the stage's ends, then evaluates
 every domain on fixed validation windows, filling row ``s + 1`` of the R matrices (row 0 is the
 model before training). Checkpoints at every stage end (and every ``checkpoint_every`` steps) hold
 everything needed to resume exactly (:class:`~forgetlab.train.state.RunState`): a resumed run ends
@@ -24,37 +25,31 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from forgetlab.analysis.columns import KINDS as METRIC_KINDS
 from forgetlab.analysis.curves import train_seconds
 from forgetlab.atomic import DiskFullError
-from forgetlab.config import ConfigError, ModelConfig, RunConfig
+from forgetlab.config import ModelConfig, RunConfig
 from forgetlab.data import Stream, open_stream, stage_sources
-from forgetlab.mechanisms import Batch, StepOutput, TrainContext, build_mechanisms
+from forgetlab.mechanisms import TrainContext, build_mechanisms
 from forgetlab.models import GPT, model_flops_per_token
-from forgetlab.models.init import build_run_model
+from forgetlab.models.init import build_run_model, run_vocab_size
 from forgetlab.train.base_model import start_model
 from forgetlab.train.checkpoint import first_non_finite, load_checkpoint, save_checkpoint
 from forgetlab.train.device import autocast_factory, resolve_device, resolve_precision
-from forgetlab.train.distributed import (
-    DataParallel,
-    DistInfo,
-    init_distributed,
-    shutdown_distributed,
-)
+from forgetlab.train.distributed import DistInfo, init_distributed, shutdown_distributed
 from forgetlab.train.evaluate import EvalSet, domain_eval_sets, evaluate, generation_samples
-from forgetlab.train.failures import DivergenceError, run_failure
-from forgetlab.train.flops import FlopsAccount, peak_flops
+from forgetlab.train.failures import run_failure
+from forgetlab.train.flops import FlopsAccount, mechanism_flops, peak_flops
 from forgetlab.train.loggers import Loggers, check_packages, r_row
-from forgetlab.train.optim import build_optimizer, trains_on_tokens, weighted_token_mean
+from forgetlab.train.optim import build_optimizer
 from forgetlab.train.probes import Probes
+from forgetlab.train.progress import StageProgress
 from forgetlab.train.record import run_record
 from forgetlab.train.rundir import RunDir, config_hash
 from forgetlab.train.schedule import checkpoint_due, eval_due, log_due, lr_at
 from forgetlab.train.state import Cursor, MechanismStates, RunRandomness, RunState
+from forgetlab.train.step import StepRunner
 from forgetlab.train.timing import PhaseTimer, TokenRate
 
 log = logging.getLogger("forgetlab.train")
@@ -87,8 +82,6 @@ class Trainer:
         self.stream: Stream
         self.model: GPT
         self.model_cfg: ModelConfig  # the model's resolved config (vocabulary, block size)
-        self.ddp: DataParallel  # under torchrun, DDP over the parameters that train now
-        self.train_model: torch.nn.Module  # what the step calls: compiled, in DDP under torchrun
         self.optimizer: torch.optim.Optimizer
         self.eval_sets: list[EvalSet] = []  # fixed validation windows, one per domain
         self.unigram: dict[str, dict[str, float]] = {}  # per domain, the unigram baseline
@@ -98,6 +91,7 @@ class Trainer:
         self.timer: PhaseTimer
         self.ctx: TrainContext  # what mechanisms see of the run
         self.state: RunState  # everything a checkpoint saves
+        self.steps: StepRunner  # the training step: forward, hooks, backward, optimizer
         if self.run_dir.root.is_dir():
             self._claim()
         else:
@@ -109,7 +103,7 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- setup
     def _setup(self) -> None:
-        """Device, seeds, data, model, optimizer, evaluation sets and the run's state."""
+        """Device, seeds, data, model, optimizer, evaluation sets, the run's state and step."""
         cfg = self.cfg
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
@@ -133,13 +127,22 @@ class Trainer:
         self.ctx = TrainContext(
             config=cfg, model=self.model, optimizer=self.optimizer, stream=self.stream,
             device=self.device, autocast=self.autocast, generator=generator,
-            extra_step=self._extra_step,
         )
-        self.state = RunState(
-            config_hash=config_hash(cfg),
+        self.state = self._fresh_state(generator)
+        self.steps = StepRunner(
+            self.model, self.mechanisms, self.ctx, self.state, self.sources, self.dist,
+            self.run_dir,
+        )
+        self.ctx.extra_step = self.steps.extra_step  # mechanisms' extra steps are steps too
+
+    def _fresh_state(self, generator: torch.Generator) -> RunState:
+        """The state of a run before its first step (a resume then loads its checkpoint)."""
+        seed = self.cfg.seed
+        return RunState(
+            config_hash=config_hash(self.cfg),
             cursor=Cursor(),
             optimizer=self.optimizer,
-            rng=RunRandomness(generator, np.random.default_rng([cfg.seed, 0]), self.device),
+            rng=RunRandomness(generator, np.random.default_rng([seed, 0]), self.device),
             R={k: [] for k in METRIC_KINDS},
             probes_R=self.probes,
             curves=[],
@@ -152,15 +155,12 @@ class Trainer:
         )
 
     def _build_model(self) -> None:
-        """The model (``model.init``'s weights unless resuming), compiled, wrapped, optimized."""
+        """The model (``model.init``'s weights unless resuming) and its optimizer."""
         tok = self.stream.tokenizer
-        vocab = self._vocab_size(tok.vocab_size)
+        vocab = run_vocab_size(self.cfg.model.vocab_size, tok)
         start, self.base_record = start_model(self.cfg, self.resume)  # [base_model]: its init
         self.model = build_run_model(start, vocab, tok, not self.resume).to(self.device)
         self.model_cfg = self.model.config
-        compiled = torch.compile(self.model) if self.cfg.train.compile else self.model
-        self.ddp = DataParallel(self.dist, self.device, compiled)
-        self.train_model = self.ddp.wrap(self.model)
         self.optimizer = build_optimizer(self.model, self.cfg)
 
     def _build_eval_sets(self) -> None:
@@ -174,138 +174,7 @@ class Trainer:
         )
         self.probes = Probes.open(self.cfg.data, token_bytes, n_windows, block, vocab, self.device)
 
-    def _vocab_size(self, tokenizer_vocab: int) -> int | None:
-        """The tokenizer's vocabulary, unless the spec pads it (e.g. 50304 for GPU efficiency)."""
-        configured = self.cfg.model.vocab_size
-        if configured is None:
-            return tokenizer_vocab
-        if configured < tokenizer_vocab:
-            raise ConfigError(
-                f"model.vocab_size = {configured} is smaller than the {self.cfg.data.tokenizer} "
-                f"tokenizer's {tokenizer_vocab} tokens"
-            )
-        return None
-
-    # ------------------------------------------------------------------------ training step
-    def _forward_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        with self.autocast():
-            logits = self.train_model(batch.x)
-        token_loss = F.cross_entropy(
-            logits.float().flatten(0, 1), batch.y.flatten(), reduction="none"
-        ).view_as(batch.y)
-        loss = weighted_token_mean(token_loss, batch.weights)
-        output = StepOutput(logits=logits, token_loss=token_loss)
-        terms: dict[str, float] = dict(self.model.stats())
-        for name, value in self.model.aux_losses().items():
-            loss = loss + value  # the model's own terms, e.g. MoE balance and z-loss
-            terms[name] = float(value.detach())
-        for m in self.mechanisms:
-            for name, value in m.loss(self.ctx, batch, output).items():
-                loss = loss + value
-                terms[f"{m.name}/{name}"] = float(value.detach())
-        return loss, terms
-
-    def _optimizer_step(self, stage: int, t0: float) -> tuple[float, float]:
-        for m in self.mechanisms:
-            m.after_backward(self.ctx)
-        t0 = self.timer.add(stage, "backward", t0)
-        if self.cfg.train.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-        else:  # still measured: a non-finite gradient stops the run (no host sync here)
-            norm = torch.nn.utils.get_total_norm(
-                [p.grad for p in self.model.parameters() if p.grad is not None]
-            )
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.model.after_optimizer_step()  # e.g. re-apply sparsity masks
-        t0 = self.timer.add(stage, "optimizer", t0)  # synchronises: reading the norm is free now
-        grad_norm = float(norm)
-        if not math.isfinite(grad_norm):
-            raise self._diverged("the gradient norm", grad_norm)
-        for m in self.mechanisms:
-            m.after_step(self.ctx)  # may run a whole sleep phase of extra steps
-        t0 = self.timer.add(stage, "mechanisms", t0)
-        return grad_norm, t0
-
-    def _draw_batch(self, stage: int) -> Batch:
-        """This rank's micro-batch of the stage's source (its domain, or joint training's mixture
-        of all): every rank draws the global batch from the same generator and keeps its slice;
-        the new-data tokens of each domain are counted on the global batch."""
-        cfg, world, rank = self.cfg.train, self.dist.world_size, self.dist.rank
-        source, block = self.sources[stage], self.model_cfg.block_size
-        x, y, of_domain = source.sample(self.state.rng.data, cfg.batch_size * world, block)
-        counts = np.bincount(of_domain, minlength=len(source.names))
-        for d, n in zip(source.names, counts, strict=True):
-            self.state.new_data_per_domain[d] += int(n) * block
-        if world > 1:
-            rows = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
-            x, y = x[rows], y[rows]
-        return Batch(x.to(self.device), y.to(self.device), None, stage)
-
-    def _train_step(self, stage: int) -> dict[str, float]:
-        cfg = self.cfg.train
-        total, tokens = 0.0, 0
-        logged: list[float] = []  # losses of the micro-batches that trained on some token
-        terms: dict[str, float] = {}
-        t0 = time.perf_counter()
-        for micro in range(cfg.grad_accum):
-            batch = self._draw_batch(stage)
-            t0 = self.timer.add(stage, "data", t0)
-            if self.mechanisms:  # replayed rows, selective write's scoring forward...
-                for m in self.mechanisms:
-                    batch = m.make_batch(self.ctx, batch)
-                t0 = self.timer.add(stage, "mechanisms", t0)  # (each add syncs CUDA: only if any)
-            sync = micro == cfg.grad_accum - 1 or not self.dist.enabled
-            ddp = isinstance(self.train_model, DistributedDataParallel)
-            with contextlib.nullcontext() if sync or not ddp else self.train_model.no_sync():
-                loss, micro_terms = self._forward_loss(batch)
-                t0 = self.timer.add(stage, "forward", t0)
-                (loss / cfg.grad_accum).backward()
-            t0 = self.timer.add(stage, "backward", t0)
-            total += float(loss.detach()) / cfg.grad_accum
-            if trains_on_tokens(batch):
-                logged.append(float(loss.detach()))
-            tokens += batch.n_tokens * self.dist.world_size
-            for k, v in micro_terms.items():
-                terms[k] = terms.get(k, 0.0) + v / cfg.grad_accum
-        if not math.isfinite(total):  # the loss is on the host already: checked every step
-            raise self._diverged("the training loss", total)
-        grad_norm, _ = self._optimizer_step(stage, t0)
-        self.flops.add_train(stage, tokens)
-        # a step whose gate wrote no token has no training loss (NaN, not the 0 of sum(w*l)/sum(w))
-        train_loss = sum(logged) / len(logged) if logged else math.nan
-        return {"train_loss": train_loss, "grad_norm": grad_norm, "tokens": tokens, **terms}
-
-    def _extra_step(self, batch: Batch) -> float:
-        """One optimizer step on a batch a mechanism supplies (e.g. a sleep phase on the buffer).
-
-        Its forward/backward FLOPs are counted as mechanism compute; gradient and weight hooks run
-        as in a normal step, so masks and projections hold during extra steps too.
-        """
-        stage = self.ctx.stage
-        self.timer.paused = True  # the calling hook's time covers it (phase "mechanisms")
-        try:
-            loss, _ = self._forward_loss(batch)
-            loss.backward()
-            self._optimizer_step(stage, time.perf_counter())  # checks the gradient norm
-        finally:
-            self.timer.paused = False
-        self.flops.add_extra(stage, batch.n_tokens)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise self._diverged("a mechanism's extra-step loss", value)
-        return value
-
-    # ------------------------------------------------------------------- divergence, evaluation
-    def _diverged(self, what: str, value: float | str, after: bool = False) -> DivergenceError:
-        """The error for a non-finite ``what`` now (``after``: after the last step done)."""
-        latest = self.run_dir.latest
-        return DivergenceError.in_run(
-            what, value, done=self.ctx.global_step, stage=self.ctx.stage, domain=self.ctx.domain,
-            step=self.ctx.step, checkpoint=latest.resolve() if latest.exists() else None,
-            lr=self.optimizer.param_groups[0]["lr"], after=after,
-        )
-
+    # ---------------------------------------------------------------------------- evaluation
     def _evaluate_all(self, stage_for_accounting: int) -> dict[str, list[float]]:
         """Every stream domain's scores (returned) and every probe's (its next R row)."""
         n = len(self.eval_sets)
@@ -334,7 +203,7 @@ class Trainer:
             for j, v in zip(domains, values, strict=True):
                 if not math.isfinite(v):
                     where = f"the evaluation {kind} on '{names[j]}'"
-                    raise self._diverged(where, v, after=True)
+                    raise self.steps.diverged(where, v, after=True)
         return row
 
     def _add_r_row(self, row: dict[str, list[float]]) -> None:
@@ -393,7 +262,7 @@ class Trainer:
             return
         bad = first_non_finite(self.model.state_dict())  # so every checkpoint on disk is finite
         if bad:
-            raise self._diverged(f"weight {bad}", "not finite", after=True)
+            raise self.steps.diverged(f"weight {bad}", "not finite", after=True)
         self.state.cursor = Cursor(stage, step, self.ctx.global_step)
         save_checkpoint(self.run_dir, self.model, self.state.state_dict(), self.ctx.global_step)
         self._write_curves()
@@ -485,25 +354,28 @@ class Trainer:
         ctx.stage = stage
         if start_step == 0:
             self._start_stage(stage)
-        # mechanisms may have frozen weights (or a resume restored that): DDP follows
-        self.train_model = self.ddp.wrap(self.model)
-        bar = self._progress_bar(stage, start_step, n_stages)
+        self.steps.wrap()  # mechanisms may have frozen weights (or a resume restored that)
+        desc = f"stage {stage + 1}/{n_stages} {self.sources[stage].label}"
+        bar = StageProgress(desc, cfg.steps_per_stage, start_step,
+                            self.progress and self.dist.is_main)
         rate = TokenRate()
         for step in range(start_step, cfg.steps_per_stage):
             ctx.step = step
             lr = lr_at(cfg, stage, step, n_stages)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            stats = self._train_step(stage)
+            stats = self.steps.train_step(stage)
             ctx.global_step += 1
             rate.add(stats.pop("tokens"))
             done = step + 1
             if log_due(cfg, done):
-                self._log_step(stage, done, {"lr": lr, "tokens_per_s": rate.take(), **stats}, bar)
+                stats = {"lr": lr, "tokens_per_s": rate.take(), **stats}
+                self._curve_row(stage, done, {**stats, **ctx.log})  # and mechanisms' scalars
+                bar.show(stats)
             if eval_due(cfg, done):
                 res = self._evaluate([stage], stage)
                 self._eval_curve_row(stage, done, res["loss"][0], res["accuracy"][0])
-            bar.update(1)
+            bar.update()
             if checkpoint_due(cfg, ctx.global_step, done):
                 self._checkpoint(stage, done)
         bar.close()
@@ -515,32 +387,15 @@ class Trainer:
         self.state.rng.reseed_data(self.cfg.seed, stage)
         for m in self.mechanisms:
             m.on_stage_start(self.ctx)
-        self.state.mech_flops_at_stage_start = self._mechanism_flops()
-
-    def _progress_bar(self, stage: int, start_step: int, n_stages: int) -> Any:
-        return tqdm(
-            total=self.cfg.train.steps_per_stage,
-            initial=start_step,
-            desc=f"stage {stage + 1}/{n_stages} {self.sources[stage].label}",
-            # None: tqdm draws only on a terminal, so a redirected log gets the logged lines, not
-            # carriage-return frames
-            disable=None if self.progress and self.dist.is_main else True,
-            leave=True,
-            dynamic_ncols=True,
-        )
-
-    def _log_step(self, stage: int, done: int, stats: dict[str, float], bar: Any) -> None:
-        """A curve row of this step's statistics (and the mechanisms' logged scalars)."""
-        self._curve_row(stage, done, {**stats, **self.ctx.log})
-        bar.set_postfix(loss=f"{stats['train_loss']:.3f}", tok_s=f"{stats['tokens_per_s']:,.0f}")
+        self.state.mech_flops_at_stage_start = mechanism_flops(self.mechanisms, self.ctx)
 
     def _end_stage(self, stage: int) -> None:
         """The stage's end: mechanisms' hooks, every domain evaluated into R, a checkpoint."""
         name = self.sources[stage].label  # its domain, or joint training's mixture
         for m in self.mechanisms:
             m.on_stage_end(self.ctx)
-        mech_flops = self._mechanism_flops() - self.state.mech_flops_at_stage_start
-        self.flops.set_mechanisms(stage, mech_flops)
+        spent = mechanism_flops(self.mechanisms, self.ctx) - self.state.mech_flops_at_stage_start
+        self.flops.set_mechanisms(stage, spent)
         row = self._evaluate_all(stage)
         self._add_r_row(row)
         if self.cfg.train.eval_every:
@@ -552,9 +407,6 @@ class Trainer:
         )
         self._checkpoint(stage + 1, 0)
         self._write_run_json(self._record("running"))
-
-    def _mechanism_flops(self) -> float:
-        return float(sum(m.flops(self.ctx) for m in self.mechanisms))
 
 
 @contextlib.contextmanager
