@@ -1,6 +1,8 @@
 """Studies on clusters: a real Ray head (``ray start``) reached by ``--address`` with token
-authentication, a stale Ray cluster file, and Slurm array jobs through submitit's local executor;
-every cluster run must give the local executor's numbers bit for bit."""
+authentication, a stale Ray cluster file, Slurm array jobs through submitit's local executor, and
+runs of two data-parallel ranks as a Ray task and as an array task; every cluster run must give
+the local executor's numbers bit for bit, and a rank killed mid-run must fail its run, not hang
+the study."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,6 +29,7 @@ from cluster_studies import same_numbers, write_study
 
 from forgetlab.config import ConfigError
 from forgetlab.experiments import load_spec, run_experiment
+from forgetlab.locks import holder
 
 RAY_BIN = Path(sys.executable).parent / "ray"
 
@@ -183,6 +187,49 @@ def test_a_stale_ray_cluster_file_is_ignored_when_no_cluster_is_named(study, ray
     assert record["env"]["threads"] == os.cpu_count()
 
 
+# A driver with a 2-CPU Ray instance of its own: three ranks per run are refused before anything
+# starts, then the two-rank study runs on it as Ray tasks.
+RAY_DRIVER = """
+import json, sys
+from pathlib import Path
+import ray
+from forgetlab.config import ConfigError
+from forgetlab.experiments import run_experiment
+study, out = json.loads(sys.argv[1]), Path(sys.argv[2])
+ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+try:
+    run_experiment({**study, "devices_per_run": 3}, out / "big", executor="ray", quiet=True)
+except ConfigError as e:
+    print(f"refused: {e}")
+summary = run_experiment(study, out / "exp", executor="ray", quiet=True)
+print(json.dumps({"finished": summary["finished"], "failed": summary["failed"]}))
+"""
+
+
+@pytest.mark.slow
+def test_two_ranks_per_run_as_a_ray_task_equal_the_local_executor(
+    ddp_study, ddp_local, ray_env, tmp_path
+):
+    """devices_per_run = 2 on a CPU-only Ray instance: each run is one task asking for a CPU per
+    gloo rank (train.threads = 1), whose process starts torchrun's launcher; rank 0's outcome
+    comes back, and the numbers are the local executor's."""
+    res = subprocess.run(
+        [sys.executable, "-c", RAY_DRIVER, json.dumps(ddp_study), str(tmp_path)],
+        capture_output=True, text=True, env=ray_env, timeout=400,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    (refused,) = [line for line in res.stdout.splitlines() if line.startswith("refused: ")]
+    assert refused.startswith("refused: devices_per_run = 3: a run's ranks share one node, a CPU "
+                              "each at least, and the largest node of the Ray cluster at ")  # fmt: skip
+    assert refused.endswith(" has 2 CPUs; allowed: 1..2")
+    assert not (tmp_path / "big").exists()
+    assert json.loads(res.stdout.splitlines()[-1]) == {"finished": 1, "failed": []}
+    frame = pd.read_parquet(tmp_path / "exp" / "results.parquet")
+    same_numbers(pd.read_parquet(ddp_local / "results.parquet"), frame)
+    record = json.loads((tmp_path / "exp" / "runs" / frame.run_id[0] / "run.json").read_text())
+    assert record["timing"]["throughput"]["devices"] == 2
+
+
 def test_address_is_refused_for_other_executors(study, tmp_path):
     with pytest.raises(ConfigError, match="--address = 'host:1' applies to --executor ray"):
         run_experiment(study, tmp_path / "exp", executor="local", address="host:1", quiet=True)
@@ -230,6 +277,90 @@ def test_a_slurm_task_killed_without_a_result_is_recorded_as_failed(study, tmp_p
     assert str(tmp_path / "exp" / "logs" / "slurm") in summary["errors"][run_id]
 
 
+@pytest.mark.slow
+def test_two_ranks_per_run_as_a_submitit_task_equal_the_local_executor(
+    ddp_study, ddp_local, tmp_path
+):
+    """devices_per_run = 2 through submitit's local executor: one array task per run, whose
+    process starts torchrun's launcher (slurm.gpus = 0: gloo ranks on its CPUs)."""
+    pytest.importorskip("submitit", reason="submitit is an optional extra: forgetlab[slurm]")
+    out = tmp_path / "exp"
+    summary = run_experiment(slurm_study(ddp_study), out, executor="slurm", quiet=True)
+    assert summary["finished"] == 1 and summary["failed"] == [], summary
+    frame = pd.read_parquet(out / "results.parquet")
+    same_numbers(pd.read_parquet(ddp_local / "results.parquet"), frame)
+    record = json.loads((out / "runs" / frame.run_id[0] / "run.json").read_text())
+    assert record["timing"]["throughput"]["devices"] == 2
+
+
+def rank_pid(processes: Any, root: Path, rank: int) -> int | None:
+    """The torchrun rank ``rank`` among the processes whose command line names ``root``."""
+    for pid in processes.naming(root):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env:
+            return int(pid)
+    return None
+
+
+@pytest.mark.slow
+def test_a_killed_rank_fails_its_run_with_a_readable_error(ddp_study, tmp_path, processes):
+    """SIGKILL rank 1 of a two-rank run in a submitit task once rank 0 trains: torchrun stops
+    rank 0, and the study ends with the run failed, naming the rank, the signal and the log."""
+    pytest.importorskip("submitit", reason="submitit is an optional extra: forgetlab[slurm]")
+    endless = copy.deepcopy(ddp_study)
+    endless["base"]["train"]["steps_per_stage"] = 100_000
+    out = tmp_path / "exp"
+    summary: dict[str, Any] = {}
+
+    def study() -> None:
+        summary.update(run_experiment(slurm_study(endless), out, executor="slurm", quiet=True))
+
+    orchestrator = threading.Thread(target=study)
+    orchestrator.start()
+    try:
+        deadline = time.monotonic() + 180
+        victim = None
+        while victim is None:
+            assert orchestrator.is_alive() and time.monotonic() < deadline, summary
+            runs = list((out / "runs").iterdir()) if (out / "runs").is_dir() else []
+            if runs and holder(runs[0]).get("pid"):  # rank 0 holds the run directory: it trains
+                victim = rank_pid(processes, out, 1)
+            time.sleep(0.2)
+        os.kill(victim, signal.SIGKILL)
+        orchestrator.join(timeout=120)
+        assert not orchestrator.is_alive(), "the study still waits after a rank of its run died"
+    finally:
+        for pid in processes.naming(out):  # whatever a failed assertion left running
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        orchestrator.join()
+    (run_id,) = summary["failed"]
+    error = summary["errors"][run_id]
+    assert "rank 1 was killed by SIGKILL (of 2 ranks)" in error, error
+    assert str(out / "logs" / f"{run_id}.log") in error
+    assert processes.wait_dead(processes.naming(out / "runs")) == []  # launcher and ranks gone
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"devices_per_run": 2, "slurm": {"gpus": 1}},
+         "slurm.gpus = 1 contradicts devices_per_run = 2: a run's ranks take a GPU each, or train "
+         "on CPUs; allowed: 0 or 2"),
+        ({"devices_per_run": 4, "cpus_per_run": 2},
+         "cpus_per_run = 2 is less than devices_per_run = 4: the run's CPUs are shared among its "
+         "ranks, a CPU each at least; allowed: >= 4"),
+    ],
+)  # fmt: skip
+def test_resources_that_contradict_the_ranks_per_run_are_refused(study, extra, message):
+    with pytest.raises(ConfigError, match="invalid experiment spec") as e:
+        load_spec({**study, **extra})
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize(
     ("slurm", "message"),
     [
@@ -254,24 +385,26 @@ def test_slurm_without_sbatch_names_the_local_alternative(study, tmp_path, monke
 
 def test_the_slurm_options_become_the_array_jobs_sbatch_lines(study, tmp_path, monkeypatch):
     """What sbatch reads: every [slurm] key, memory in MB (Slurm reads a bare number as MB),
-    the time limit in minutes, and the array throttle from --workers."""
+    the time limit in minutes, the array throttle from --workers, and for two ranks per run a
+    GPU each and cpus_per_run shared among them (the task asks for the threads of both)."""
     submitit = pytest.importorskip("submitit", reason="submitit: forgetlab[slurm]")
     from forgetlab.experiments import slurm
 
     monkeypatch.setattr(slurm.shutil, "which", lambda name: f"/usr/bin/{name}")
-    spec, _ = load_spec({**study, "cpus_per_run": 8, "slurm": {
-        "partition": "gpu", "time": "1-02:30:00", "gpus": 1, "mem_gb": 32, "account": "lab",
+    spec, _ = load_spec({**study, "cpus_per_run": 9, "devices_per_run": 2, "slurm": {
+        "partition": "gpu", "time": "1-02:30:00", "gpus": 2, "mem_gb": 32, "account": "lab",
         "qos": "high", "setup": ["module load cuda"], "sbatch": {"exclude": "node07"},
     }})  # fmt: skip
     from forgetlab.experiments.executors import make_executor
 
-    ex = make_executor("slurm", 4, tmp_path, cpus_per_run=spec.cpus_per_run, slurm=spec.slurm,
-                       study=spec.name)  # fmt: skip
+    ex = make_executor("slurm", 4, tmp_path, spec.devices_per_run, cpus_per_run=spec.cpus_per_run,
+                       slurm=spec.slurm, study=spec.name)  # fmt: skip
+    assert ex.resources_for([]) == (8, 4)  # 9 CPUs: 4 threads for each of the 2 ranks
     sbatch = ex._executor(8)
     assert isinstance(sbatch, submitit.SlurmExecutor)
     assert sbatch.parameters["array_parallelism"] == 4  # --workers: tasks at once
     text = sbatch._make_submission_file_text("CMD", "uid")
-    for line in ("--partition=gpu", "--time=1590", "--gpus-per-node=1", "--mem=32768M",
+    for line in ("--partition=gpu", "--time=1590", "--gpus-per-node=2", "--mem=32768M",
                  "--account=lab", "--qos=high", "--exclude=node07", "--cpus-per-task=8",
                  "--job-name=forgetlab-clusters", "module load cuda"):  # fmt: skip
         assert line in text, (line, text)

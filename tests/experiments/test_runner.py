@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
+import signal
+import threading
+from contextlib import suppress
 
 import pandas as pd
 import pytest
 
 from forgetlab.config import ConfigError
 from forgetlab.experiments import ExperimentStore, build_plan, load_spec, run_experiment
+from logger_readers import offline_env
 
 CONTRACT_COLUMNS = {
     "run_id",
@@ -179,22 +184,44 @@ def test_another_scale_in_the_same_directory_is_refused(micro_base, tmp_path):
         run_experiment(raw, tmp_path, scale="two", quiet=True)
 
 
-def test_two_devices_per_run_train_data_parallel_under_torchrun(micro_base, tmp_path):
+def test_two_devices_per_run_train_data_parallel_under_torchrun(ddp_local):
     """devices_per_run = 2 starts the worker under torchrun (gloo ranks on the CPU)."""
-    raw = {
-        "name": "ddp",
-        "base": micro_base(domains=2, steps=3),
-        "factors": {"LR": {"lo": {}}},
-        "devices_per_run": 2,
-    }
-    summary = run_experiment(raw, tmp_path / "exp", workers=1, quiet=True)
-    assert summary["finished"] == 1 and summary["failed"] == []
-    (run_dir,) = (tmp_path / "exp" / "runs").iterdir()
+    (run_dir,) = (ddp_local / "runs").iterdir()
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "finished"
     assert record["timing"]["throughput"]["devices"] == 2
     # 2 ranks x micro-batch 4 x 64 tokens x 3 steps x 2 stages
     assert record["tokens"]["train_total"] == 2 * 4 * 64 * 3 * 2
+
+
+def test_a_rank_that_fails_alone_fails_its_run_instead_of_hanging(
+    ddp_study, tmp_path, monkeypatch, processes
+):
+    """Only rank 0 starts the run's loggers: an MLflow store it cannot open fails rank 0 while
+    rank 1 trains on into its next collective. Rank 0 leaves the process group without a
+    barrier (which would wait out gloo's 30-minute timeout against rank 1's all-reduce),
+    torchrun stops rank 1, and the run is failed with rank 0's error."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    offline_env(monkeypatch, tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (blocker / "mlruns").as_uri())
+    raw = copy.deepcopy(ddp_study)
+    raw["base"]["train"]["loggers"] = ["mlflow"]
+    out = tmp_path / "exp"
+    summary: dict = {}
+    study = threading.Thread(target=lambda: summary.update(run_experiment(raw, out, quiet=True)))
+    study.start()
+    study.join(timeout=300)  # a hang fails the test here instead of holding the suite
+    hung = study.is_alive()
+    for pid in processes.naming(out):
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    study.join()
+    assert not hung, "the study still waits for a run whose rank 0 failed"
+    (run_id,) = summary["failed"]
+    error = summary["errors"][run_id]
+    assert "train.loggers: the mlflow logger could not start" in error, error
+    assert str(out / "logs" / f"{run_id}.log") in error
 
 
 def test_runs_are_queued_costliest_first(micro_base):

@@ -1,30 +1,31 @@
-"""Executors: where runs execute. Each calls the same :func:`worker.run_one` and reports through
-the same two callbacks, so the runner does not know which one it drives.
+"""Executors: where runs execute. Each runs a run through the same functions of
+:mod:`forgetlab.experiments.worker` and reports through the same two callbacks, so the runner
+does not know which one it drives.
 
 * ``local``: ``workers`` runs at a time, each in a fresh process (``python -m
   forgetlab.experiments.worker``) that dies with the orchestrator. On the CPU each gets
   ``cores // workers`` threads, or ``OMP_NUM_THREADS`` when the user set it; with CUDA
   devices each worker owns ``devices_per_run`` devices through ``CUDA_VISIBLE_DEVICES`` (so
   ``device = "auto"`` or ``"cuda"`` in the config is that device) and ``workers`` is capped at
-  what the devices allow. With ``devices_per_run > 1`` the worker is started under ``torchrun``
-  and the trainer trains data-parallel (``forgetlab.train.distributed``). A run whose directory
+  what the devices allow. With ``devices_per_run > 1`` the worker is torchrun's launcher and
+  the trainer trains data-parallel (``forgetlab.train.distributed``). A run whose directory
   another live process holds (:mod:`forgetlab.locks`) is not started: after a short wait it is
   reported failed, naming that process.
-* ``ray``: every run is a Ray task with its own resource request (CPUs per run, GPUs), on a
-  running cluster (``--address`` or ``RAY_ADDRESS``) or a fresh local instance.
+* ``ray``: every run is a Ray task asking for the resources of all its ranks (a GPU each on a
+  GPU cluster, their threads' CPUs), on a running cluster (``--address`` or ``RAY_ADDRESS``)
+  or a fresh local instance.
 * ``slurm`` (``forgetlab.experiments.slurm``): one Slurm array job per study, through submitit.
 
-Ray and Slurm need the run directories (and the data cache) on a filesystem every node shares.
+Under Ray and Slurm a run of several ranks starts torchrun's launcher inside its task, on one
+node. Ray and Slurm need the run directories (and the data cache) on a filesystem every node
+shares.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from forgetlab.config import ConfigError
-from forgetlab.experiments.worker import PARENT_ENV
+from forgetlab.experiments.worker import start_worker
 from forgetlab.locks import DirectoryInUse
 from forgetlab.train.rundir import RunDir
 
@@ -123,44 +124,21 @@ class LocalExecutor:
                 future.result()
 
     def _subprocess(self, task: RunTask, slot: int) -> Outcome:
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        stem = self.work_dir / task.run_id
-        config, result, log = (
-            stem.with_suffix(s) for s in (".config.json", ".result.json", ".log")
-        )
-        config.write_text(json.dumps(task.config))
-        result.unlink(missing_ok=True)
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), PARENT_ENV: str(os.getpid())}
+        """The run in a worker process of its own (torchrun's launcher for several ranks: gloo
+        ranks on the CPU, one per device with CUDA), on the devices of ``slot``."""
+        env = {}
         if self.devices:
             group = self.devices[slot * self.per_run : (slot + 1) * self.per_run]
             env["CUDA_VISIBLE_DEVICES"] = ",".join(group)
-        cmd = [
-            sys.executable,
-            "-m",
-            "forgetlab.experiments.worker",
-            "--config",
-            str(config),
-            "--out",
+        return start_worker(
+            task.config,
             task.run_dir,
-            "--threads",
-            str(self.threads),
-            "--result",
-            str(result),
-            "--nproc",  # data-parallel: one rank per device (gloo ranks on the CPU)
-            str(self.per_run),
-            "--lock-wait",
-            str(task.lock_wait),
-        ]
-        t0 = time.perf_counter()
-        with log.open("a") as f:
-            code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
-        if result.exists():
-            return json.loads(result.read_text())
-        return {
-            "status": "failed",
-            "seconds": time.perf_counter() - t0,
-            "error": f"worker process exited with code {code} before reporting; see {log}",
-        }
+            self.work_dir / task.run_id,
+            threads=self.threads,
+            nproc=self.per_run,
+            lock_wait=task.lock_wait,
+            env=env,
+        )
 
 
 def threads_per_process(processes: int) -> int:
@@ -189,6 +167,17 @@ def threads_per_process(processes: int) -> int:
     return threads
 
 
+def rank_threads(
+    cpus_per_run: int | None, threads: int | None, default: int, ranks: int
+) -> int:
+    """Threads of each of a run's ``ranks`` processes on a cluster, whose task asks for ranks x
+    that many CPUs: the study's ``cpus_per_run`` shared among the ranks, else the run's
+    ``train.threads``, else ``default``."""
+    if cpus_per_run:
+        return max(1, cpus_per_run // ranks)
+    return max(1, int(threads or default))
+
+
 def held_elsewhere(task: RunTask, wait: float) -> Outcome | None:
     """A failed outcome, without starting the run, when another live process holds its directory
     for longer than ``wait`` seconds (the worker still locks it itself for the whole run)."""
@@ -209,12 +198,14 @@ class RayExecutor:
     even when ``ray start`` left a cluster file behind. Connecting never passes ``num_cpus``: Ray
     refuses it for an existing cluster, whose nodes declare their own resources.
 
-    Each run asks for ``cpus_per_run`` CPUs (default: its ``train.threads``, else the largest
-    node's CPUs // ``workers``; never more than the largest node has, or it could never be
-    placed) and ``devices_per_run`` GPUs when the cluster has GPUs. Token authentication: when
-    ``RAY_AUTH_MODE`` is unset and a token is available (``RAY_AUTH_TOKEN``,
-    ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``), it is sent, as Ray itself does for a
-    cluster it finds on its own; a cluster without authentication ignores it.
+    Each run asks for the resources of all its ``devices_per_run`` ranks, on one node: a GPU
+    each when the cluster has GPUs, and their threads' CPUs (:func:`rank_threads`: the study's
+    ``cpus_per_run`` shared among them, else the run's ``train.threads``, else the largest
+    node's CPUs // (``workers`` x ranks) each; never more than the largest node has, or it
+    could never be placed). A run that no node can hold is refused before anything starts.
+    Token authentication: when ``RAY_AUTH_MODE`` is unset and a token is available
+    (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``), it is sent, as Ray
+    itself does for a cluster it finds on its own; a cluster without authentication ignores it.
     """
 
     name = "ray"
@@ -222,6 +213,7 @@ class RayExecutor:
     def __init__(
         self,
         workers: int,
+        work_dir: Path,
         devices_per_run: int = 1,
         cpus_per_run: int | None = None,
         address: str | None = None,
@@ -234,6 +226,8 @@ class RayExecutor:
                 "local"
             ) from None
         self.ray = ray
+        self.work_dir = work_dir.absolute()  # a multi-rank run's launcher files, on any node
+        self.ranks = devices_per_run
         self.address = address or os.environ.get("RAY_ADDRESS") or "local"
         self.owned = not ray.is_initialized()  # connected here, so shut down here
         if self.owned:
@@ -241,15 +235,47 @@ class RayExecutor:
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
         self.node_cpus = max(int(r.get("CPU", 0)) for r in nodes) if nodes else 1
         self.has_gpus = any(r.get("GPU", 0) for r in nodes)
-        if cpus_per_run is not None and cpus_per_run > self.node_cpus:
-            raise ConfigError(
-                f"cpus_per_run = {cpus_per_run} but the largest node of the Ray cluster at "
-                f"{self.address!r} has {self.node_cpus} CPUs; allowed: 1..{self.node_cpus}"
-            )
+        try:
+            self._check_ranks_fit(nodes)
+            if cpus_per_run is not None and cpus_per_run > self.node_cpus:
+                raise ConfigError(
+                    f"cpus_per_run = {cpus_per_run} but the largest node of the Ray cluster at "
+                    f"{self.address!r} has {self.node_cpus} CPUs; allowed: 1..{self.node_cpus}"
+                )
+        except ConfigError:
+            if self.owned:  # a refused study leaves no Ray instance of its own behind
+                ray.shutdown()
+            raise
         self.cpus_per_run = cpus_per_run
-        self.default_cpus = max(1, self.node_cpus // workers)
-        self.num_gpus = devices_per_run if self.has_gpus else 0
-        self.workers = max(1, sum(int(r.get("CPU", 0)) // self.default_cpus for r in nodes))
+        self.default_threads = max(1, self.node_cpus // (workers * self.ranks))
+        self.num_gpus = self.ranks if self.has_gpus else 0
+        per_run = self.ranks * self.default_threads
+        self.workers = max(1, sum(self._slots(r, per_run) for r in nodes))
+
+    def _slots(self, node: dict[str, float], cpus: int) -> int:
+        """Runs of ``cpus`` CPUs (and a GPU per rank on a GPU cluster) that fit on ``node``."""
+        slots = int(node.get("CPU", 0)) // cpus
+        return min(slots, int(node.get("GPU", 0)) // self.ranks) if self.has_gpus else slots
+
+    def _check_ranks_fit(self, nodes: list[dict[str, float]]) -> None:
+        """Refuse ``devices_per_run`` ranks that no node holds: a run's ranks share one node,
+        each with a CPU at least, and a GPU each on a GPU cluster."""
+        def held(r: dict[str, float]) -> int:
+            cpus = int(r.get("CPU", 0))
+            return min(cpus, int(r.get("GPU", 0))) if self.has_gpus else cpus
+
+        largest = max(nodes, key=held, default={})
+        if self.ranks <= held(largest):
+            return
+        has = f"{int(largest.get('CPU', 0))} CPUs" + (
+            f" and {int(largest.get('GPU', 0))} GPUs" if self.has_gpus else ""
+        )
+        each = "a GPU and a CPU" if self.has_gpus else "a CPU"
+        raise ConfigError(
+            f"devices_per_run = {self.ranks}: a run's ranks share one node, {each} each at "
+            f"least, and the largest node of the Ray cluster at {self.address!r} has {has}; "
+            f"allowed: 1..{max(1, held(largest))}"
+        )
 
     def _connect(self) -> None:
         if self.address != "local":
@@ -265,17 +291,20 @@ class RayExecutor:
                 "local"
             ) from None
 
-    def cpus_for(self, task: RunTask) -> int:
-        """The CPUs one run asks for: the study's ``cpus_per_run``, else the run's thread count,
-        else its share of the largest node; capped at that node's CPUs."""
-        threads = task.config.get("train", {}).get("threads")
-        wanted = self.cpus_per_run or threads or self.default_cpus
-        return max(1, min(int(wanted), self.node_cpus))
+    def resources_for(self, task: RunTask) -> tuple[int, int]:
+        """(CPUs the run's task asks for, threads of each of its ranks): ranks x threads, the
+        threads capped so that the request fits on the largest node."""
+        threads = rank_threads(
+            self.cpus_per_run, task.config.get("train", {}).get("threads"),
+            self.default_threads, self.ranks,
+        )  # fmt: skip
+        threads = max(1, min(threads, self.node_cpus // self.ranks))
+        return self.ranks * threads, threads
 
     def run(self, tasks: list[RunTask], on_start: OnStart, on_done: OnDone) -> None:
-        from forgetlab.experiments.worker import run_one
+        from forgetlab.experiments.worker import run_ranks
 
-        remote = self.ray.remote(max_retries=0)(run_one)
+        remote = self.ray.remote(max_retries=0)(run_ranks)
         pending = {}
         try:
             # "running" under Ray means submitted: the cluster queues what it cannot place yet
@@ -284,10 +313,11 @@ class RayExecutor:
                     on_start(t)
                     on_done(t, refused)
                     continue
-                cpus = self.cpus_for(t)
+                cpus, threads = self.resources_for(t)
                 ref = remote.options(num_cpus=cpus, num_gpus=self.num_gpus).remote(
-                    t.config, t.run_dir, cpus, t.lock_wait
-                )
+                    t.config, t.run_dir, threads, t.lock_wait, self.ranks,
+                    str(self.work_dir / t.run_id),
+                )  # fmt: skip
                 pending[ref] = (t, time.perf_counter())
                 on_start(t)
             while pending:
@@ -341,18 +371,13 @@ def make_executor(
     if kind == "local":
         return LocalExecutor(workers, work_dir, devices_per_run=devices_per_run)
     if kind == "ray":
-        if devices_per_run != 1:
-            raise ConfigError(
-                f"devices_per_run = {devices_per_run} with --executor ray: a Ray task runs one "
-                "process; use --executor local (torchrun) for several devices per run"
-            )
-        return RayExecutor(workers, devices_per_run, cpus_per_run, address)
+        return RayExecutor(workers, work_dir, devices_per_run, cpus_per_run, address)
     if kind == "slurm":
         from forgetlab.experiments.slurm import SlurmExecutor, SlurmOptions
 
         return SlurmExecutor(
             workers,
-            work_dir / "slurm",
+            work_dir,
             slurm or SlurmOptions(),
             devices_per_run,
             cpus_per_run,

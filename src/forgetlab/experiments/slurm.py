@@ -2,13 +2,15 @@
 
 ``forgetlab run STUDY --executor slurm`` on a login node writes one array job (one task per run
 that is not finished) with the resources of the spec's ``[slurm]`` table, then waits: every task
-calls the same :func:`worker.run_one` as the other executors, and its outcome (or the reason it
-has none: time limit, out of memory, cancelled) is recorded as the run's. Running the command
-again skips finished runs; interrupted ones resume from their checkpoints. The submitted job ids
-are kept in ``logs/slurm/jobs.json``, so a re-run while the array is still queued or running
-waits for those tasks instead of submitting them twice. A task that reaches its time limit is
-requeued by submitit (``Checkpointable``) and resumes from its last checkpoint, up to
-``max_requeue`` times.
+calls :func:`worker.run_ranks`, as a Ray task does, and its outcome (or the reason it has none:
+time limit, out of memory, cancelled) is recorded as the run's. A run of ``devices_per_run`` > 1
+ranks is one task on one node holding all of them (``slurm.gpus = devices_per_run`` GPUs, or gloo
+ranks on its CPUs with ``gpus = 0``), torchrun's launcher started inside it; runs across nodes
+are not supported. Running the command again skips finished runs; interrupted ones resume from
+their checkpoints. The submitted job ids are kept in ``logs/slurm/jobs.json``, so a re-run while
+the array is still queued or running waits for those tasks instead of submitting them twice. A
+task that reaches its time limit is requeued by submitit (``Checkpointable``) and resumes from
+its last checkpoint, up to ``max_requeue`` times.
 
 ``cluster = "local"`` runs the same submission through submitit's local executor (processes on
 this machine, no Slurm), to check a study's submission before using a cluster.
@@ -53,8 +55,10 @@ def minutes(value: int | str) -> int:
 class SlurmOptions(BaseModel):
     """A study's ``[slurm]`` table: where and with what each run's array task is placed.
 
-    GPUs per run are ``gpus``; CPUs per run the spec's ``cpus_per_run`` (else the runs'
-    ``train.threads``, else 1).
+    GPUs per run are ``gpus``: 0 (the ranks train on CPUs) or the spec's ``devices_per_run``
+    (a GPU per rank; the spec refuses any other number). CPUs per run: the threads of every
+    rank (:func:`executors.rank_threads`: ``cpus_per_run`` shared among the ranks, else the
+    runs' ``train.threads``, else 1).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -64,7 +68,7 @@ class SlurmOptions(BaseModel):
     )
     partition: str | None = None
     time: int | str = Field("01:00:00", description="per run: minutes or [D-]HH:MM:SS")
-    gpus: int = Field(0, ge=0, le=1, description="GPUs per run (a run is one process)")
+    gpus: int = Field(0, ge=0, description="GPUs per run: 0 or devices_per_run (one per rank)")
     mem_gb: float | None = Field(None, gt=0, description="memory per run, GB")
     account: str | None = None
     qos: str | None = None
@@ -90,12 +94,12 @@ class SlurmRun:
     """The callable each array task runs. Checkpointable: on a time limit submitit requeues it
     with the same arguments, and the run resumes from its last checkpoint."""
 
-    def __call__(
-        self, config: dict[str, Any], run_dir: str, threads: int, lock_wait: float = 0.0
-    ) -> Outcome:
-        from forgetlab.experiments.worker import run_one
+    def __call__(self, *args: Any) -> Outcome:
+        """:func:`worker.run_ranks` with the task's arguments (config, run_dir, threads,
+        lock_wait, nproc, stem)."""
+        from forgetlab.experiments.worker import run_ranks
 
-        return run_one(config, run_dir, threads, lock_wait)
+        return run_ranks(*args)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         import submitit
@@ -111,7 +115,7 @@ class SlurmExecutor:
     def __init__(
         self,
         workers: int,
-        folder: Path,
+        work_dir: Path,
         options: SlurmOptions,
         devices_per_run: int = 1,
         cpus_per_run: int | None = None,
@@ -124,11 +128,6 @@ class SlurmExecutor:
                 "--executor = 'slurm' needs submitit: pip install 'forgetlab[slurm]'; allowed "
                 "without it: local"
             ) from None
-        if devices_per_run != 1:
-            raise ConfigError(
-                f"devices_per_run = {devices_per_run} with --executor slurm: an array task runs "
-                "one process; use --executor local (torchrun) for several devices per run"
-            )
         if options.cluster == "slurm" and shutil.which("sbatch") is None:
             raise ConfigError(
                 "--executor = 'slurm': no `sbatch` on this machine's PATH (run on a Slurm login "
@@ -136,11 +135,13 @@ class SlurmExecutor:
             )
         self.submitit = submitit
         self.options = options
-        self.folder = folder
+        self.work_dir = work_dir.absolute()  # a multi-rank run's launcher files: <run id>.*
+        self.folder = work_dir / "slurm"  # submitit's: pickles, logs, results
+        self.ranks = devices_per_run
         self.cpus_per_run = cpus_per_run
         self.workers = workers  # array tasks running at once (Slurm's %N array throttle)
         self.job_name = job_name
-        self.jobs_file = folder / "jobs.json"
+        self.jobs_file = self.folder / "jobs.json"
 
     def _executor(self, cpus: int) -> Any:
         o = self.options
@@ -173,18 +174,21 @@ class SlurmExecutor:
         ex.update_parameters(**params)
         return ex
 
-    def cpus_for(self, tasks: list[RunTask]) -> int:
-        """One array job, so one CPU request: ``cpus_per_run``, else the largest thread count
-        the runs ask for, else 1."""
-        if self.cpus_per_run:
-            return self.cpus_per_run
-        return max([int(t.config.get("train", {}).get("threads") or 1) for t in tasks] or [1])
+    def resources_for(self, tasks: list[RunTask]) -> tuple[int, int]:
+        """(CPUs per array task, threads of each rank): one array job, so one request, covering
+        the ranks: ranks x threads, the threads from ``cpus_per_run``, else the largest thread
+        count the runs ask for, else 1."""
+        from forgetlab.experiments.executors import rank_threads
+
+        wanted = max([int(t.config.get("train", {}).get("threads") or 1) for t in tasks] or [1])
+        threads = rank_threads(self.cpus_per_run, wanted, 1, self.ranks)
+        return self.ranks * threads, threads
 
     def run(self, tasks: list[RunTask], on_start: OnStart, on_done: OnDone) -> None:
         if not tasks:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        cpus = self.cpus_for(tasks)
+        cpus, threads = self.resources_for(tasks)
         previous = self._live_jobs(tasks)
         fresh = [t for t in tasks if t.run_id not in previous]
         jobs: dict[str, tuple[RunTask, Any]] = {}
@@ -199,8 +203,10 @@ class SlurmExecutor:
                 SlurmRun(),
                 [t.config for t in fresh],
                 [t.run_dir for t in fresh],
-                [cpus] * len(fresh),
+                [threads] * len(fresh),
                 [t.lock_wait for t in fresh],
+                [self.ranks] * len(fresh),
+                [str(self.work_dir / t.run_id) for t in fresh],
             )
             jobs.update({t.run_id: (t, j) for t, j in zip(fresh, submitted, strict=True)})
             log.info(

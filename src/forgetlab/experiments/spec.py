@@ -177,9 +177,12 @@ class ExperimentSpec(_Strict):
         default_factory=lambda: ["same_shape"], min_length=1
     )
     matched_flops: MatchedFlops = Field(default_factory=MatchedFlops)
-    devices_per_run: int = Field(1, ge=1)
+    devices_per_run: int = Field(
+        1, ge=1, description="ranks per run (torchrun, data-parallel): a GPU each, or CPU ranks"
+    )
     cpus_per_run: int | None = Field(
-        None, ge=1, description="Ray and Slurm: CPUs each run asks for (default: its threads)"
+        None, ge=1, description="Ray and Slurm: CPUs each run asks for, shared among its ranks "
+        "(default: its threads per rank)"
     )
     slurm: SlurmOptions = Field(default_factory=SlurmOptions)
     plan: Plan = Field(default_factory=Plan)
@@ -227,6 +230,18 @@ class ExperimentSpec(_Strict):
             raise ValueError(f"budgets = {self.budgets} repeats a budget")
         if self.preregistration is not None:
             check_test(self.preregistration.test, kind)
+        ranks = self.devices_per_run
+        if self.slurm.gpus not in (0, ranks):
+            raise ValueError(
+                f"slurm.gpus = {self.slurm.gpus} contradicts devices_per_run = {ranks}: a run's "
+                f"ranks take a GPU each, or train on CPUs; allowed: 0 or {ranks}"
+            )
+        if self.cpus_per_run is not None and self.cpus_per_run < ranks:
+            raise ValueError(
+                f"cpus_per_run = {self.cpus_per_run} is less than devices_per_run = {ranks}: "
+                f"the run's CPUs are shared among its ranks, a CPU each at least; allowed: "
+                f">= {ranks}"
+            )
         return self
 
 

@@ -51,9 +51,14 @@ def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
     return DistInfo(rank, world, local_rank), device
 
 
-def shutdown_distributed(info: DistInfo) -> None:
+def shutdown_distributed(info: DistInfo, finished: bool = True) -> None:
+    """Leave the process group: after a barrier when this rank ``finished`` (every rank ends
+    together), without one when it failed. A failed rank's barrier would meet the other ranks'
+    next gradient all-reduce, and gloo would wait for it to its timeout (30 min); leaving at once
+    ends this process, and torchrun then stops the others."""
     if info.enabled and dist.is_initialized():
-        dist.barrier()
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -297,7 +297,7 @@ class Trainer:
             raise
         finally:
             self.loggers.close(status)
-            shutdown_distributed(self.dist)
+            shutdown_distributed(self.dist, finished=status == "finished")
             self.lock.release()
         return record
 
