@@ -36,8 +36,8 @@ def joint_and_plain(fixture_data, tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(DomainMixture, "sample", spy)
-        joint = Trainer(joint_config(fixture_data), root / "joint", progress=False).run()
-    plain = Trainer(micro_config(fixture_data), root / "plain", progress=False).run()
+        joint = Trainer(joint_config(fixture_data, eval_every=2), root / "joint", progress=False).run()
+    plain = Trainer(micro_config(fixture_data, eval_every=2), root / "plain", progress=False).run()
     return joint, plain, drawn, root
 
 
@@ -86,6 +86,21 @@ def test_a_joint_run_follows_one_learning_rate_schedule(joint_and_plain):
     assert all(b <= a for a, b in itertools.pairwise(joint_lr)), joint_lr
     plain_lr = train_rows("plain")["lr"].tolist()
     assert any(b > a for a, b in itertools.pairwise(plain_lr))  # rewarmed stages
+
+
+def test_a_joint_runs_training_rows_name_the_mixture_and_its_evaluations_the_domain(
+    joint_and_plain, fixture_data
+):
+    """A curve row says what it measures: joint training's loss is the mixture's (labelling it
+    with the stage's domain made stage 1 of a joint run look like training on code alone)."""
+    root = joint_and_plain[3]
+    for name, trained in (("joint", ["proportional mix of 3"] * 3), ("plain", None)):
+        curves = pd.read_parquet(root / name / "curves.parquet")
+        train = curves[curves["train_loss"].notna()].groupby("stage")["domain"].unique()
+        evals = curves[curves["val_loss"].notna()].groupby("stage")["domain"].unique()
+        domains = fixture_data.domains[:3]
+        assert [list(v) for v in train] == [[d] for d in (trained or domains)]
+        assert [list(v) for v in evals] == [[d] for d in domains]
 
 
 def test_a_killed_joint_run_resumes_mid_stage_to_the_same_numbers(

@@ -211,13 +211,17 @@ class Trainer:
             self.state.R[k].append(row[k])
 
     # ------------------------------------------------------------------------------ records
-    def _curve_row(self, stage: int, stage_step: int, values: dict[str, Any]) -> dict[str, Any]:
-        """Append one row to the curves (and the loggers): where the run is, then ``values``."""
+    def _curve_row(
+        self, stage: int, stage_step: int, values: dict[str, Any], domain: str | None = None
+    ) -> dict[str, Any]:
+        """Append one row to the curves (and the loggers): where the run is, then ``values``.
+        ``domain`` names what the row measures: the evaluated domain, else what the stage trains
+        on (its domain, or joint training's mixture, never one domain of it)."""
         row = {
             "step": self.ctx.global_step,
             "stage": stage,
             "stage_step": stage_step,
-            "domain": self.stream.domains[stage],
+            "domain": domain or self.sources[stage].label,
             **values,
         }
         self.state.curves.append(row)
@@ -232,7 +236,7 @@ class Trainer:
             "val_accuracy": accuracy,
             "train_tokens": self.flops.stages[stage]["train_tokens"],
             "train_s": train_seconds(self.timer.stages[stage]),
-        })
+        }, domain=self.stream.domains[stage])
 
     def _record(
         self, status: str, error: str | None = None, failure: dict[str, Any] | None = None
