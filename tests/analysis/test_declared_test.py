@@ -27,6 +27,7 @@ PRIMARY = "loss.final_mean"  # lower is better
 # three runs per group: A the reference, B lower everywhere, C skewed by one high run
 RUNS = {"A": [4.0, 5.0, 6.0], "B": [1.0, 2.0, 3.0], "C": [4.5, 5.5, 12.0]}
 WELCH_B = 2 * stats.t.sf(3 / np.sqrt(2 / 3), 4)  # B vs A: t = -3 / sqrt(1/3 + 1/3), 4 df
+HYPOTHESIS = "p.B < 0.05 and effect.B < 0"  # reads the declared test's adjusted p and estimate
 
 
 def enumerated_p(x: list[float], y: list[float], statistic: Callable[..., float]) -> float:
@@ -158,7 +159,13 @@ def groups_study(root: Path, test: str) -> Path:
         for r in meta["runs"]
         if r["group"] in names and r["order_name"] == "fwd"
     ]
-    prereg = {"primary_metric": PRIMARY, "test": test, "alpha": 0.05, "correction": "holm"}
+    prereg = {
+        "primary_metric": PRIMARY,
+        "test": test,
+        "alpha": 0.05,
+        "correction": "holm",
+        "hypotheses": [{"id": "H1", "statement": "B is lower", "criterion": HYPOTHESIS}],
+    }
     meta.update(
         design="groups",
         factors={},
@@ -196,8 +203,12 @@ def test_a_mann_whitney_study_reports_mann_whitney_p_values(tmp_path):
     assert vs_c.diff == 0.5  # the Hodges-Lehmann shift; the difference of means is 7/3
     assert b.conclusions.versus_reference["no_difference"] == ["B", "C"]
     md = paths["markdown"].read_text()
-    assert "| group | n | mean | 95% CI | Δ (Hodges-Lehmann) vs `A` | p (Mann-Whitney) |" in md
-    assert "| B | 3 | 2 | [-0.4841, 4.484] | -3 (-60.0%) | 0.1 |" in md
+    head = "| group | n | mean | 95% CI | Δ (Hodges-Lehmann) vs `A` | p (Mann-Whitney) | p (holm) |"
+    assert head in md
+    assert "| B | 3 | 2 | [-0.4841, 4.484] | -3 (-60.0%) | 0.1 | 0.2 |" in md  # Holm: 2 x 0.1
+    verdict = b.hypotheses[0]
+    assert verdict.verdict == "fail" and verdict.untested is None
+    assert verdict.evidence == {"p.B": pytest.approx(0.2), "effect.B": -3.0}
     assert "Welch" not in md
     assert "Test `mann_whitney` (declared) under design `groups`" in md
 
@@ -208,6 +219,9 @@ def test_the_same_runs_under_welch_t_find_b_better(tmp_path):
     assert vs_b.test == "welch_t" and vs_b.p == pytest.approx(WELCH_B)
     assert vs_b.diff == -3.0 and vs_b.ci is not None
     assert b.conclusions.versus_reference["better"] == ["B"]  # Holm: 2 x 0.021 < 0.05
+    assert vs_b.p_adjusted == pytest.approx(2 * WELCH_B)
+    assert b.hypotheses[0].verdict == "pass"  # the same criterion fails under Mann-Whitney
+    assert b.hypotheses[0].evidence["p.B"] == vs_b.p_adjusted
     assert not b.omnibus and not b.factorial
 
 
@@ -243,8 +257,10 @@ def test_anova_gate_overrules_a_significant_welch_pair(tmp_path):
     assert gate.statistic == pytest.approx(between / within)
     assert gate.p == pytest.approx(stats.f.sf(between / within, 2, 6)) and gate.p > 0.05
     # Welch alone calls B better (previous test); behind the omnibus gate it is not
-    assert b.comparison("B", PRIMARY).p == pytest.approx(WELCH_B)
+    vs_b = b.comparison("B", PRIMARY)
+    assert vs_b.p == pytest.approx(WELCH_B) and vs_b.p_adjusted == gate.p  # max(0.043, 0.1)
     assert b.conclusions.versus_reference["better"] == []
+    assert b.hypotheses[0].verdict == "fail"
 
 
 def test_a_study_recorded_with_a_test_its_design_cannot_use_is_refused(tmp_path):

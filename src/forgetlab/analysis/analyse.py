@@ -36,7 +36,7 @@ from forgetlab.analysis.joint import budget_bounds
 from forgetlab.analysis.load import FINISHED, Experiment, metric_columns, preregistration_hash
 from forgetlab.analysis.procedure import procedure
 from forgetlab.analysis.registry import DEFAULT_PRIMARY, SECONDARY, lower_is_better
-from forgetlab.analysis.stats import compare_to_reference, group_stats, omnibus_tests
+from forgetlab.analysis.stats import adjust, compare_to_reference, group_stats, omnibus_tests
 
 
 def preregistration_status(meta: dict[str, Any]) -> Preregistration:
@@ -149,16 +149,19 @@ def analyse_budget(exp: Experiment, frame: pd.DataFrame, settings: Settings) -> 
     gains = marginal_gains(frame, exp.factors, primary) if primary in frame else {}
     prereg = exp.preregistration or {}
     reference = exp.reference if exp.reference in set(frame["group"]) else None
+    gates = omnibus_tests(frame, metrics, omnibus) if omnibus else []
+    comparisons = (
+        adjust(compare_to_reference(frame, reference, metrics, pairwise, settings.seed),
+               correction, gates)
+        if reference
+        else []
+    )
     return BudgetAnalysis(
         n_finished=len(frame),
         groups=groups_table(exp, frame),
         group_stats=group_stats(frame, metrics, seed=settings.seed),
-        reference_comparison=(
-            compare_to_reference(frame, reference, metrics, pairwise, settings.seed)
-            if reference
-            else []
-        ),
-        omnibus=omnibus_tests(frame, metrics, omnibus) if omnibus else [],
+        reference_comparison=comparisons,
+        omnibus=gates,
         factorial=fits,
         marginal_gains=gains,
         hypotheses=judge(
@@ -167,6 +170,9 @@ def analyse_budget(exp: Experiment, frame: pd.DataFrame, settings: Settings) -> 
             metrics,
             primary_fit.terms if primary_fit else None,
             seed=settings.seed,
+            # a group design's hypotheses read its groups' tests against the reference
+            comparisons=None if settings.factorial else
+            [c for c in comparisons if c.metric == primary],
         ),
         conclusions=conclude(
             primary_fit if primary_fit and primary_fit.factors else None,

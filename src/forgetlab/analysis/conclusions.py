@@ -35,7 +35,7 @@ from forgetlab.analysis.effects import FactorialResult, adjust_pvalues
 from forgetlab.analysis.gains import GainPoint, diminishing, level_mean
 from forgetlab.analysis.procedure import ESTIMATES, LABELS
 from forgetlab.analysis.registry import lower_is_better
-from forgetlab.analysis.stats import Comparison, compare, compare_to_reference, omnibus_tests
+from forgetlab.analysis.stats import Omnibus, adjust, compare, compare_to_reference, omnibus_tests
 
 FLOPS = "flops.training_total"
 
@@ -272,38 +272,44 @@ def versus_reference(
     omnibus_test: str | None = None,
     seed: int = 0,
 ) -> dict[str, list[str]]:
-    """Groups significantly better / worse than the reference (the ``pairwise`` test, corrected,
-    behind the ``omnibus_test`` gate when given), or untestable."""
+    """Groups significantly better / worse than the reference by their adjusted p (the
+    ``pairwise`` test corrected across the groups, behind the ``omnibus_test`` gate when given;
+    :func:`forgetlab.analysis.stats.adjust`), or untestable."""
     verdicts: dict[str, list[str]] = {
         "better": [],
         "worse": [],
         "no_difference": [],
         "untestable": [],
     }
+    gates = omnibus_tests(frame, [metric], omnibus_test) if omnibus_test else []
     tests = [
         c
-        for c in compare_to_reference(frame, reference, [metric], pairwise, seed)
+        for c in adjust(
+            compare_to_reference(frame, reference, [metric], pairwise, seed), correction, gates
+        )
         if c.diff is not None
     ]
     too_few = [c.group for c in tests if c.p is None]
-    verdicts["untestable"] = list(too_few)
-    testable = [c for c in tests if c.p is not None]
-    if omnibus_test and testable and not _omnibus_passes(
-        frame, reference, metric, alpha, omnibus_test, pairwise, testable, verdicts, out
-    ):
-        testable = []
-    corrected = adjust_pvalues([c.p for c in testable], correction)  # type: ignore[misc]
-    for c, p in zip(testable, corrected, strict=True):
-        diff = c.diff or 0.0
+    if gates and len(too_few) < len(tests):
+        out.statements.append(_gate_statement(gates[0], reference, alpha, pairwise))
+    for c in tests:
+        p = c.p_adjusted
         key = (
-            "no_difference" if p >= alpha else ("better" if _benefit(diff, metric) > 0 else "worse")
+            "untestable"
+            if p is None
+            else "no_difference"
+            if p >= alpha
+            else "better"
+            if _benefit(c.diff or 0.0, metric) > 0
+            else "worse"
         )
         verdicts[key].append(c.group)
-        if key != "no_difference":
+        if key in ("better", "worse"):
+            gated = f", gated by {LABELS[gates[0].test]} p = {_fmt(gates[0].p)}" if gates else ""
             out.statements.append(
                 f"Group {c.group} is significantly {key} than the reference {reference} on "
-                f"{metric} ({ESTIMATES[pairwise]} {_fmt(diff)}, {LABELS[pairwise]} "
-                f"p_{correction} = {_fmt(p)})."
+                f"{metric} ({ESTIMATES[pairwise]} {_fmt(c.diff)}, {LABELS[pairwise]} "
+                f"p_{correction} = {_fmt(p)}{gated})."
             )
     if too_few:
         out.statements.append(
@@ -312,38 +318,21 @@ def versus_reference(
     return verdicts
 
 
-def _omnibus_passes(
-    frame: pd.DataFrame,
-    reference: str,
-    metric: str,
-    alpha: float,
-    omnibus_test: str,
-    pairwise: str,
-    testable: list[Comparison],
-    verdicts: dict[str, list[str]],
-    out: Conclusions,
-) -> bool:
-    """The omnibus gate: True when the test across the groups rejects; otherwise the testable
-    groups get their verdict here (no difference, or untestable without an omnibus p)."""
-    gate = omnibus_tests(frame, [metric], omnibus_test)[0]
-    name = LABELS[omnibus_test]
-    if gate.p is not None and gate.p < alpha:
-        out.statements.append(
-            f"{name} across the groups: they differ on {metric} (p = {_fmt(gate.p)}); "
-            f"each group against {reference} by {LABELS[pairwise]} tests."
-        )
-        return True
-    groups = [c.group for c in testable]
+def _gate_statement(gate: Omnibus, reference: str, alpha: float, pairwise: str) -> str:
+    """What the omnibus test across the groups decided, in one sentence."""
+    name = LABELS[gate.test]
     if gate.p is None:
-        verdicts["untestable"] += groups
-        out.statements.append(
-            f"No {name} across the groups on {metric} (fewer than two groups with two runs, or "
-            "no variation): no group is compared with the reference."
+        return (
+            f"No {name} across the groups on {gate.metric} (fewer than two groups with two runs, "
+            "or no variation): no group is compared with the reference."
         )
-        return False
-    verdicts["no_difference"] += groups
-    out.statements.append(
-        f"{name} across the groups finds no difference on {metric} (p = {_fmt(gate.p)}): no "
-        f"group is declared different from {reference}, whatever its pairwise {LABELS[pairwise]} p."
+    if gate.p < alpha:
+        return (
+            f"{name} across the groups: they differ on {gate.metric} (p = {_fmt(gate.p)}); each "
+            f"group against {reference} by {LABELS[pairwise]} tests."
+        )
+    return (
+        f"{name} across the groups finds no difference on {gate.metric} (p = {_fmt(gate.p)}): "
+        f"no group is declared different from {reference}, whatever its pairwise "
+        f"{LABELS[pairwise]} p."
     )
-    return False

@@ -12,6 +12,10 @@ column is also available by its name with ``.`` and ``@`` replaced by ``_`` (``l
 Group names that are not identifiers are sanitised the same way (``oelm-freeze`` -> ``oelm_freeze``).
 For factorial designs, ``effect.T`` / ``effect_lo.T`` / ``effect_hi.T`` / ``p.T`` give a term's
 effect on the primary metric, its 95% interval and its corrected p (interaction ``T:W`` -> ``T_W``).
+For group designs, ``effect.G`` / ``effect_lo.G`` / ``effect_hi.G`` / ``p.G`` give group G against
+the reference on the primary metric by the pre-registered test: its difference (the Hodges-Lehmann
+shift under Mann-Whitney), its interval (Welch only) and its p corrected across the groups, gated
+by the omnibus test under ``anova`` / ``kruskal`` (:func:`forgetlab.analysis.stats.adjust`).
 
 Verdict: ``pass`` / ``fail`` from the group means; ``undetermined`` when a value it needs is missing.
 ``support`` is the share of bootstrap resamples (runs resampled within each group) in which the
@@ -206,8 +210,12 @@ def group_namespace(
     return _means(group_values(frame, columns, only))
 
 
-def effect_namespace(terms: list[Any]) -> dict[str, dict[str, float | None]]:
-    """effect / effect_lo / effect_hi / p families from the primary metric's factorial terms."""
+def effect_namespace(
+    terms: list[Any], comparisons: list[Any] | None = None
+) -> dict[str, dict[str, float | None]]:
+    """effect / effect_lo / effect_hi / p families from the primary metric's factorial terms and,
+    in a group design, its comparisons of each group with the reference (the declared test's
+    difference, interval and adjusted p; :func:`forgetlab.analysis.stats.adjust`)."""
     ns: dict[str, dict[str, float | None]] = {f: {} for f in EFFECT_FAMILIES}
     for t in terms:
         key = identifier(t.term.replace(":", "_"))
@@ -215,6 +223,12 @@ def effect_namespace(terms: list[Any]) -> dict[str, dict[str, float | None]]:
         ns["effect_lo"][key] = t.ci[0] if t.ci else None
         ns["effect_hi"][key] = t.ci[1] if t.ci else None
         ns["p"][key] = t.p_corrected
+    for c in comparisons or []:
+        key = identifier(c.group)
+        ns["effect"][key] = c.diff
+        ns["effect_lo"][key] = c.ci[0] if c.ci else None
+        ns["effect_hi"][key] = c.ci[1] if c.ci else None
+        ns["p"][key] = c.p_adjusted
     return ns
 
 
@@ -283,9 +297,10 @@ def judge(
     effect_terms: list[Any] | None = None,
     seed: int = 0,
     n_boot: int = 1000,
+    comparisons: list[Any] | None = None,
 ) -> list[Verdict]:
     """Verdicts of every hypothesis over the finished runs in ``frame``."""
-    extra = effect_namespace(effect_terms or [])
+    extra = effect_namespace(effect_terms or [], comparisons)
     ns = {**group_namespace(frame, columns), **extra}
     rng = np.random.default_rng(seed)
     out = []

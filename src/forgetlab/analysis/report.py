@@ -43,6 +43,7 @@ from forgetlab.analysis.document import (
     Preregistration,
     RegisteredHypothesis,
     RunRow,
+    Settings,
     from_json,
     to_json,
 )
@@ -360,10 +361,12 @@ def answer_verdict_columns(result: BudgetAnalysis) -> list[Column[Verdict]]:
 
 
 def answer_primary_columns(
-    result: BudgetAnalysis, reference: str | None, pairwise: str = "welch_t"
+    result: BudgetAnalysis, reference: str | None, settings: Settings
 ) -> list[Column[GroupStat]]:
     """Per group: n, mean, 95% t interval, and (with a reference) the difference to it, its
-    interval where the ``pairwise`` test gives one, and that test's (uncorrected) p."""
+    interval where the pairwise test gives one, that test's p and the adjusted p that decides
+    (corrected across the groups, gated by the omnibus test where there is one)."""
+    pairwise = settings.pairwise_test
     columns: list[Column[GroupStat]] = [
         Column("group", lambda stat: stat.group),
         Column("n", lambda stat: stat.n),
@@ -386,12 +389,17 @@ def answer_primary_columns(
             columns.append(
                 Column("95% CI of Δ", lambda stat: ci(found.ci) if (found := versus(stat)) else "")
             )
-        columns.append(
+        gated = ", gated" if settings.omnibus_test else ""
+        columns += [
             Column(
                 f"p ({LABELS[pairwise]})",
                 lambda stat: fmt(found.p) if (found := versus(stat)) else "",
-            )
-        )
+            ),
+            Column(
+                f"p ({settings.correction}{gated})",
+                lambda stat: fmt(found.p_adjusted) if (found := versus(stat)) else "",
+            ),
+        ]
     return columns
 
 
@@ -422,8 +430,14 @@ def section_answer(doc: Doc, ctx: ReportContext) -> None:
             doc.p(f"**Hypotheses**{b.where}:")
             doc.table(answer_verdict_columns(result), result.hypotheses)
         settings = ctx.analysis.settings
+        gate = (
+            f", and no smaller than the {LABELS[settings.omnibus_test]} p across the groups"
+            if settings.omnibus_test
+            else ""
+        )
         against = (
-            f"; p: {LABELS[settings.pairwise_test]} test against `{reference}`, uncorrected"
+            f"; p: {LABELS[settings.pairwise_test]} test against `{reference}`, then corrected "
+            f"across the groups with `{settings.correction}`{gate}"
             if reference and result.reference_comparison
             else ""
         )
@@ -432,7 +446,7 @@ def section_answer(doc: Doc, ctx: ReportContext) -> None:
             f"{against}):"
         )
         doc.table(
-            answer_primary_columns(result, reference, settings.pairwise_test),
+            answer_primary_columns(result, reference, settings),
             [s for g in result.finished_groups if (s := result.stat(g, primary))],
         )
         gate = result.omnibus_on(primary)
@@ -973,8 +987,10 @@ def section_definitions(doc: Doc, ctx: ReportContext) -> None:
     doc.p(
         "Criteria are expressions over `<alias>.<group>` (group mean), e.g. `abs(ppl.C - ppl.B) / ppl.B < 0.05`; "
         "every results column is also an alias with `.`/`@` replaced by `_`; `effect.T`, `effect_lo.T`, "
-        "`effect_hi.T`, `p.T` give the primary metric's factorial terms (`T:W` → `T_W`). Allowed: numbers, "
-        "arithmetic, comparisons, and/or/not, abs/min/max."
+        "`effect_hi.T`, `p.T` give the primary metric's factorial terms (`T:W` → `T_W`); in a group design "
+        "`effect.G`, `effect_lo.G`, `effect_hi.G`, `p.G` give group G against the reference by the "
+        "pre-registered test (its difference, interval where the test has one, adjusted p). Allowed: "
+        "numbers, arithmetic, comparisons, and/or/not, abs/min/max."
     )
     doc.table(ALIAS_COLUMNS, ALIASES.items())
 

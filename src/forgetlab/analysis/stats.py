@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from forgetlab.analysis.effects import adjust_pvalues
 from forgetlab.analysis.procedure import PAIRWISE_TESTS
 
 LEVEL = 0.95
@@ -130,6 +131,9 @@ class Comparison:
     ci: tuple[float, float] | None
     p: float | None
     test: str
+    # p corrected across the groups (and gated by the omnibus test where there is one): what
+    # decides whether the group differs, see :func:`adjust`
+    p_adjusted: float | None = None
 
 
 class Difference(NamedTuple):
@@ -245,6 +249,27 @@ def compare_to_reference(
             rel = diff / abs(base) if base != 0 else None
             out.append(Comparison(str(group), metric, diff, rel, ci, p, test))
     return out
+
+
+def adjust(
+    comparisons: list[Comparison], correction: str, gates: Sequence[Omnibus] = ()
+) -> list[Comparison]:
+    """Fill each comparison's ``p_adjusted``: per metric, its p corrected across the groups with
+    ``correction``; where ``gates`` holds an omnibus test of that metric, the larger of that and
+    the omnibus p (None where the omnibus has none). A group differs at level alpha exactly when
+    the omnibus and its corrected pairwise test both reject: max(p_omnibus, p_corrected) < alpha.
+    """
+    gate_of = {g.metric: g for g in gates}
+    for metric in dict.fromkeys(c.metric for c in comparisons):
+        tested = [c for c in comparisons if c.metric == metric and c.p is not None]
+        corrected = adjust_pvalues([c.p for c in tested], correction)  # type: ignore[misc]
+        gate = gate_of.get(metric)
+        for c, p in zip(tested, corrected, strict=True):
+            if gate is None:
+                c.p_adjusted = float(p)
+            else:
+                c.p_adjusted = None if gate.p is None else max(float(p), gate.p)
+    return comparisons
 
 
 def _finite_values(column: pd.Series) -> np.ndarray:
