@@ -76,11 +76,20 @@ def test_recovers_known_effects_of_a_2x2x2_table_with_small_noise():
         assert significant == (TRUE[t.term] != 0.0), t
 
 
-@pytest.mark.parametrize("method", ["holm", "bonferroni"])
+@pytest.mark.parametrize("method", ["holm", "bonferroni", "fdr_bh"])
 def test_corrections_match_statsmodels_multipletests(method):
     p = [0.001, 0.04, 0.03, 0.5, 0.012, 0.2]
     assert adjust_pvalues(p, method) == pytest.approx(list(multipletests(p, method=method)[1]))
     assert adjust_pvalues(p, "none") == p
+
+
+def test_benjamini_hochberg_by_hand_and_every_declarable_correction_is_computed():
+    # sorted 0.01, 0.03, 0.04 -> x3/1, x3/2, x3/3 = 0.03, 0.045, 0.04 -> monotone: 0.03, 0.04, 0.04
+    assert adjust_pvalues([0.01, 0.04, 0.03], "fdr_bh") == pytest.approx([0.03, 0.04, 0.04])
+    from forgetlab.analysis.effects import CORRECTIONS
+    from forgetlab.experiments.spec import CORRECTIONS as DECLARABLE
+
+    assert set(DECLARABLE) == set(CORRECTIONS)  # a spec may declare none the analysis lacks
 
 
 def test_one_run_per_cell_says_too_few_runs_and_invents_no_p_values():

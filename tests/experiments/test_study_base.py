@@ -4,6 +4,7 @@ costs it once; a damaged cached base stops the study before any run starts."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,26 @@ def test_the_report_show_and_plan_name_the_base(first_study, micro_base, tmp_pat
     assert planned.exit_code == 0, planned.output
     table = planned.output[planned.output.index("base models (trained once") :]
     assert "dialogue" in table and "yes (0 s)" in table  # cached by the first study
+
+
+@pytest.mark.slow
+def test_a_base_is_trained_as_a_slurm_task_before_the_runs_that_start_from_it(
+    micro_base, tmp_path
+):
+    """The base goes through the study's executor like a run: here a submitit array task (the
+    local stand-in for Slurm), and every run starts from it."""
+    pytest.importorskip("submitit", reason="submitit is an optional extra: forgetlab[slurm]")
+
+    raw = study(micro_base, "slurm-based")
+    raw["base_model"]["seed"] = 203  # a base no other test trains: this study must train it
+    raw["slurm"] = {"cluster": "local", "time": 10, "poll_s": 0.5}
+    raw["factors"] = {"LR": {"lo": {}}}  # one run is enough: the base is what is tested
+    out = tmp_path / "slurm"
+    summary = run_experiment(raw, out, executor="slurm", quiet=True)
+    assert summary["finished"] == 1 and summary["failed"] == [], summary
+    [base] = bases_of(out)
+    assert RunDir(base["path"]).status() == "finished"
+    jobs = json.loads((out / "logs" / "slurm" / "jobs.json").read_text())["jobs"]
+    assert f"base-{base['key']}" in jobs  # submitted as an array task of its own
+    [run] = (out / "runs").iterdir()
+    assert RunDir(run).read()["base_model"] == base  # key, path and the weights' sha256

@@ -30,11 +30,13 @@ from statsmodels.stats.anova import anova_lm
 
 from forgetlab.config import ConfigError
 
-CORRECTIONS = ("holm", "bonferroni", "none")
+CORRECTIONS = ("holm", "bonferroni", "fdr_bh", "none")
+"""Family-wise (Holm, Bonferroni) or false-discovery-rate (Benjamini-Hochberg) corrections."""
 
 
 def adjust_pvalues(p: list[float], method: str) -> list[float]:
-    """Family-wise corrected p-values: Holm's step-down, Bonferroni, or none.
+    """Corrected p-values: Holm's step-down or Bonferroni (family-wise error), Benjamini-Hochberg's
+    step-up (``fdr_bh``, false discovery rate), or none.
 
     Equal to ``statsmodels.stats.multitest.multipletests(p, method=...)[1]`` (a test checks it);
     written out because statsmodels' Holm branch calls ``gc.collect()`` on every call, which costs
@@ -48,6 +50,11 @@ def adjust_pvalues(p: list[float], method: str) -> list[float]:
     if method == "bonferroni":
         return np.minimum(a * a.size, 1.0).tolist()
     order = np.argsort(a)
+    if method == "fdr_bh":  # p_(i) * m / i, made monotone from the largest p down
+        scaled = a[order] * a.size / np.arange(1, a.size + 1)
+        out = np.empty_like(a)
+        out[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+        return out.tolist()
     stepped = np.maximum.accumulate(a[order] * np.arange(a.size, 0, -1))
     out = np.empty_like(a)
     out[order] = np.minimum(stepped, 1.0)
