@@ -106,3 +106,19 @@ def test_a_rerun_waits_for_the_array_job_a_killed_orchestrator_left_running(stud
     assert res.stderr.count("waiting for its job") == 2 and "submitted" not in res.stderr
     frame = pd.read_parquet(out / "results.parquet")
     assert (frame.status == "finished").all() and len(frame) == 2
+
+
+def test_two_ranks_per_run_as_a_real_slurm_task_equal_the_local_executor(
+    ddp_study, ddp_local, tmp_path
+):
+    """devices_per_run = 2 through sbatch: the array task asks for both ranks' CPUs and starts
+    torchrun's launcher inside its allocation (gloo ranks, [slurm] gpus = 0)."""
+    raw = {**ddp_study, "cpus_per_run": 2, "slurm": {"time": 10, "poll_s": 1}}
+    out = tmp_path / "exp"
+    res = subprocess.run(cli(str(write_study(tmp_path / "s.toml", raw)), "--out", str(out)),
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    frame = pd.read_parquet(out / "results.parquet")
+    same_numbers(pd.read_parquet(ddp_local / "results.parquet"), frame)
+    record = json.loads((out / "runs" / frame.run_id[0] / "run.json").read_text())
+    assert record["timing"]["throughput"]["devices"] == 2
