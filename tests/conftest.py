@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 
 from forgetlab.config import STREAM_DOMAINS, SourceConfig
+from micro_run import fixture_sources, micro_sections
 
-FIXTURE_CORPUS = Path(__file__).parent / "fixtures" / "corpus"
 FIXTURE_TOKENIZER = "bpe-512"
-FIXTURE_VAL_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
@@ -24,16 +23,6 @@ class FixtureData:
     cache_dir: str
     tokenizer: str
     domains: list[str]
-
-
-def fixture_sources() -> dict[str, SourceConfig]:
-    """The five stream domains as user sources over the shipped excerpts."""
-    return {
-        d: SourceConfig(
-            files=[str(FIXTURE_CORPUS / d / "*.jsonl")], val_fraction=FIXTURE_VAL_FRACTION
-        )
-        for d in STREAM_DOMAINS
-    }
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +38,7 @@ def fixture_data(tmp_path_factory: pytest.TempPathFactory) -> FixtureData:
         list(STREAM_DOMAINS),
         FIXTURE_TOKENIZER,
         str(cache),
-        sources=fixture_sources(),
+        sources={d: SourceConfig(**s) for d, s in fixture_sources(STREAM_DOMAINS).items()},
         workers=1,
         progress=False,
     )
@@ -197,25 +186,4 @@ def processes():
 @pytest.fixture(scope="session")
 def micro_base(fixture_data: Any) -> Callable[..., dict[str, Any]]:
     """A factory of base configs whose runs take a second or two on the fixture stream."""
-    return lambda domains=3, steps=6: _micro_base(fixture_data, domains, steps)
-
-
-def _micro_base(fixture_data: Any, domains: int, steps: int) -> dict[str, Any]:
-    return {
-        "model": {"preset": "micro"},
-        "data": {
-            "domains": fixture_data.domains[:domains],
-            "tokenizer": fixture_data.tokenizer,
-            "cache_dir": fixture_data.cache_dir,
-            "val_batches": 1,
-            "eval_batch_size": 8,
-        },
-        "train": {
-            "steps_per_stage": steps,
-            "batch_size": 4,
-            "warmup_steps": 1,
-            "precision": "fp32",
-            "log_every": 2,
-            "threads": 1,  # one thread per run: much faster than two on a busy 2-core machine
-        },
-    }
+    return lambda domains=3, steps=6: micro_sections(fixture_data, domains, steps)

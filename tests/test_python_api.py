@@ -13,9 +13,9 @@ import pytest
 
 import forgetlab
 from forgetlab.config import ConfigError, RunConfig
+from micro_run import micro_sections
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-FIXTURE_CORPUS = Path(__file__).resolve().parent / "fixtures" / "corpus"
 DATA_LINE = 'data = {"domains": ["code", "math"], "tokenizer": "bpe-2k"}'
 
 
@@ -28,16 +28,8 @@ def readme_example() -> str:
 
 
 def fixture_data_dict(fixture_data, domains: int = 2) -> dict:
-    names = fixture_data.domains[:domains]
-    return {
-        "domains": names,
-        "tokenizer": fixture_data.tokenizer,
-        "cache_dir": fixture_data.cache_dir,
-        "val_batches": 1,
-        "eval_batch_size": 8,
-        "sources": {d: {"files": [str(FIXTURE_CORPUS / d / "*.jsonl")], "val_fraction": 0.2}
-                    for d in names},
-    }  # fmt: skip
+    """The micro ``data`` section over the fixture stream, with its sources (runs prepare)."""
+    return micro_sections(fixture_data, domains, sources=True)["data"]
 
 
 @pytest.mark.slow

@@ -8,34 +8,14 @@ from pathlib import Path
 
 import pytest
 
-FIXTURE_CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "corpus"
+from micro_run import fixture_sources, micro_sections, write_toml
 
 
 def write_spec(path: Path, fixture_data, domains: int = 2, **train) -> Path:
-    lines = [
-        'name = "cli-test"',
-        "seed = 3",
-        "[model]",
-        'preset = "micro"',
-        "[data]",
-        f"domains = {json.dumps(fixture_data.domains[:domains])}",
-        f'tokenizer = "{fixture_data.tokenizer}"',
-        f'cache_dir = "{fixture_data.cache_dir}"',
-        "val_batches = 2",
-        "[train]",
-        "steps_per_stage = 4",
-        "warmup_steps = 1",
-        'precision = "fp32"',
-        *(f"{k} = {json.dumps(v)}" for k, v in train.items()),
-    ]
-    for d in fixture_data.domains[:domains]:
-        lines += [
-            f"[data.sources.{d}]",
-            f'files = ["{FIXTURE_CORPUS / d / "*.jsonl"}"]',
-            "val_fraction = 0.2",
-        ]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    """A micro run spec over the fixture's first ``domains`` domains, with the fixture's files as
+    their sources (`run` prepares its domains and must find them prepared)."""
+    sections = micro_sections(fixture_data, domains, val_batches=2, sources=True, **train)
+    return write_toml(path, {"name": "cli-test", "seed": 3, **sections})
 
 
 def forgetlab(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -65,13 +45,10 @@ def test_run_prints_r_matrices_and_refuses_to_overwrite(fixture_data, tmp_path):
 
 
 def test_show_prints_the_probe_matrices_and_their_forgetting(fixture_data, tmp_path):
-    spec = write_spec(tmp_path / "spec.toml", fixture_data, domains=1, batch_size=4)
     probe = fixture_data.domains[-1]
-    spec.write_text(
-        spec.read_text()
-        + f'[data.sources.{probe}]\nfiles = ["{FIXTURE_CORPUS / probe / "*.jsonl"}"]\n'
-        + "val_fraction = 0.2\n"
-    )
+    sections = micro_sections(fixture_data, 1, val_batches=2, sources=True)
+    sections["data"]["sources"].update(fixture_sources([probe]))
+    spec = write_toml(tmp_path / "spec.toml", {"name": "cli-test", "seed": 3, **sections})
     out = tmp_path / "run"
     res = forgetlab("run", str(spec), "--out", str(out), "--quiet", "--set",
                     f'data.probes=["{probe}"]')

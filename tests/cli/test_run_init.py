@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-FIXTURE_CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "corpus"
+from micro_run import micro_sections, write_toml
 
 
 def forgetlab(*args: str) -> subprocess.CompletedProcess:
@@ -21,31 +21,8 @@ def forgetlab(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_run_from_another_runs_weights_and_a_contradiction_refused(fixture_data, tmp_path):
-    spec = tmp_path / "spec.toml"
-    spec.write_text(
-        "\n".join(
-            [
-                "[model]",
-                'preset = "micro"',
-                "[data]",
-                f'domains = ["{fixture_data.domains[0]}"]',
-                f'tokenizer = "{fixture_data.tokenizer}"',
-                f'cache_dir = "{fixture_data.cache_dir}"',
-                "val_batches = 2",
-                "[train]",
-                "steps_per_stage = 3",
-                "warmup_steps = 1",
-                "batch_size = 4",
-                'precision = "fp32"',
-                # the fixture's own sources: `run` prepares its domains, and must find them
-                # prepared as the shared fixture did, not rebuild them from the built-in recipe
-                f"[data.sources.{fixture_data.domains[0]}]",
-                f'files = ["{FIXTURE_CORPUS / fixture_data.domains[0] / "*.jsonl"}"]',
-                "val_fraction = 0.2",
-            ]
-        )
-        + "\n"
-    )
+    sections = micro_sections(fixture_data, 1, 3, val_batches=2, sources=True)
+    spec = write_toml(tmp_path / "spec.toml", sections)
     base = tmp_path / "base"
     assert forgetlab("run", str(spec), "--out", str(base), "--quiet").returncode == 0
     child = tmp_path / "child"

@@ -3,11 +3,9 @@ executors gave the same numbers."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
-
 import pandas as pd
+
+from micro_run import write_toml as write_study  # noqa: F401  (the cluster tests' name for it)
 
 
 def same_numbers(a: pd.DataFrame, b: pd.DataFrame) -> None:
@@ -19,16 +17,3 @@ def same_numbers(a: pd.DataFrame, b: pd.DataFrame) -> None:
     assert list(left.index) == list(right.index)
     assert (right["status"] == "finished").all()
     pd.testing.assert_frame_equal(left[metrics], right[metrics], check_exact=True)
-
-
-def toml_value(v: Any) -> str:
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
-    if isinstance(v, list):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    return json.dumps(v)
-
-
-def write_study(path: Path, study: dict[str, Any]) -> Path:
-    path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in study.items()))
-    return path

@@ -33,18 +33,13 @@ from forgetlab.experiments import run_experiment
 from forgetlab.experiments.executors import LocalExecutor
 from forgetlab.experiments.worker import run_one
 from forgetlab.locks import LOCK_FILE
+from micro_run import write_toml
 
 KILLS = int(os.environ.get("FORGETLAB_TORTURE_KILLS", "4"))
 SEED = int(os.environ.get("FORGETLAB_TORTURE_SEED", "0"))
 ROUND_LIMIT_S = 300  # a round whose kill point never comes is a hang: fail, do not wait forever
 TIMING = re.compile(r"wall|_s$|tokens_per_s|mfu|peak|seconds|time")  # differ run to run
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (\d+) forgetlab")
-
-
-def toml_value(v):
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(x)}" for k, x in v.items()) + "}"
-    return json.dumps(v)  # strings, numbers, booleans and lists of them read the same in TOML
 
 
 def study_spec(micro_base, steps: int) -> dict:
@@ -131,8 +126,7 @@ def test_a_study_killed_again_and_again_ends_equal_to_an_uninterrupted_one(
     micro_base, tmp_path, processes
 ):
     raw = study_spec(micro_base, steps=max(6, KILLS))  # enough work for KILLS kill points
-    spec = tmp_path / "torture.toml"
-    spec.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in raw.items()))
+    spec = write_toml(tmp_path / "torture.toml", raw)
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "forgetlab.cli.main", "run", str(spec), "--out", str(out),
            "--workers", "2", "--quiet"]

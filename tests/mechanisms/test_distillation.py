@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from micro_run import run
 from torch import nn
 
 from forgetlab.config import ConfigError, MechanismConfig, ModelConfig
 from forgetlab.mechanisms import Batch, StepOutput, build_mechanisms
 from forgetlab.mechanisms.distillation import LwF, distillation_loss
 from forgetlab.models import model_flops_per_token
+from micro_run import run
 
 
 def bernoulli_logits(*probs):

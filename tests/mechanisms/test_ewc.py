@@ -5,12 +5,12 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import torch
-from micro_run import run
 from torch import nn
 
 from forgetlab.config import ConfigError, MechanismConfig
 from forgetlab.mechanisms import build_mechanisms
 from forgetlab.mechanisms.ewc import OnlineEWC
+from micro_run import run
 
 
 def test_online_ewc_decays_old_fisher_by_gamma_per_domain(monkeypatch):

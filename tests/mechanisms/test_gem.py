@@ -5,11 +5,11 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from micro_run import run
 from scipy.optimize import minimize
 
 from forgetlab.mechanisms import gem as gem_module
 from forgetlab.mechanisms.gem import agem_project, gem_project
+from micro_run import run
 
 
 def test_agem_projects_a_conflicting_gradient_onto_the_reference_plane():

@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from forgetlab.config import ConfigError, MechanismConfig, ModelConfig, resolve_run_config
+from forgetlab.config import ConfigError, MechanismConfig, ModelConfig
 from forgetlab.data import open_stream
 from forgetlab.mechanisms import build_mechanisms
 from forgetlab.mechanisms.parts.sampling import generate, generation_flops
 from forgetlab.models import build_model
 from forgetlab.train import Trainer
+from micro_run import micro_config
 
 STEPS = 3
 
@@ -59,16 +60,12 @@ def test_cannot_run_beside_real_replay():
 
 
 def test_stage_end_fills_memory_with_model_text(fixture_data, tmp_path):
-    cfg = resolve_run_config({
-        "seed": 2,
-        "model": {"preset": "micro"},
-        "data": {"domains": fixture_data.domains[:2], "tokenizer": fixture_data.tokenizer,
-                 "cache_dir": fixture_data.cache_dir, "val_batches": 1, "eval_batch_size": 8},
-        "train": {"steps_per_stage": STEPS, "batch_size": 4, "warmup_steps": 1,
-                  "precision": "fp32", "log_every": STEPS, "threads": 1},
-        "mechanisms": [{"name": "generative_replay", "capacity": 4, "top_k": 20,
-                        "prompt_tokens": 8, "gen_batch_size": 2, "replay_fraction": 0.25}],
-    })
+    cfg = micro_config(
+        fixture_data,
+        [{"name": "generative_replay", "capacity": 4, "top_k": 20, "prompt_tokens": 8,
+          "gen_batch_size": 2, "replay_fraction": 0.25}],
+        seed=2, steps=STEPS, lr=1e-3, log_every=STEPS,
+    )  # fmt: skip
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
     record = trainer.run()
     x, y, dom = trainer.mechanisms[0].buffer.contents()

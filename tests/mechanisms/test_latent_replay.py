@@ -4,11 +4,11 @@ through the upper stack, memory accounting, exact resume."""
 import pytest
 import torch
 import torch.nn.functional as F
-from micro_run import micro_config
 
 from forgetlab.config import ConfigError
 from forgetlab.mechanisms.latent_replay import LatentReplay, lower_hidden, upper_logits
 from forgetlab.train import Trainer
+from micro_run import micro_config
 
 LATENT = {"name": "latent_replay", "layer": 1, "capacity": 12, "replay_rows": 2}
 

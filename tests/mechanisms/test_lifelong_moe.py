@@ -3,24 +3,20 @@
 import pandas as pd
 import torch
 
-from forgetlab.config import resolve_run_config
 from forgetlab.mechanisms.lifelong_moe import LifelongMoE
 from forgetlab.models import load_model
 from forgetlab.models.moe import MoE
 from forgetlab.train import Trainer
+from micro_run import micro_config
 
 
 def lifelong_config(fixture_data, checkpoint_every=0):
-    raw = {
-        "seed": 3,
-        "model": {"preset": "micro", "ffn": "moe", "moe": {"num_experts": 4, "top_k": 2}},
-        "data": {"domains": fixture_data.domains[:2], "tokenizer": fixture_data.tokenizer,
-                 "cache_dir": fixture_data.cache_dir, "val_batches": 1, "eval_batch_size": 8},
-        "train": {"steps_per_stage": 4, "batch_size": 4, "warmup_steps": 1, "lr": 3e-3,
-                  "precision": "fp32", "log_every": 2, "checkpoint_every": checkpoint_every},
-        "mechanisms": [{"name": "lifelong_moe", "new_experts": 2, "kl_weight": 0.5}],
-    }
-    return resolve_run_config(raw)
+    return micro_config(
+        fixture_data,
+        [{"name": "lifelong_moe", "new_experts": 2, "kl_weight": 0.5}],
+        model={"preset": "micro", "ffn": "moe", "moe": {"num_experts": 4, "top_k": 2}},
+        checkpoint_every=checkpoint_every,
+    )
 
 
 def test_lifelong_moe_freezes_old_experts_bit_for_bit_and_resumes_exactly(

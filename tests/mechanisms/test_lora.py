@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from micro_run import micro_config
 
 from forgetlab.config import ConfigError, MechanismConfig
 from forgetlab.mechanisms import build_mechanisms
 from forgetlab.train import Trainer
+from micro_run import micro_config
 
 # the block projections only: merging an lm_head adapter would write into the tied embedding
 LORA = {"name": "lora", "rank": 4, "alpha": 8.0, "targets": ["c_attn", "c_proj", "c_fc"]}

@@ -4,10 +4,10 @@ The hand case of the importance itself is in test_importance.py."""
 
 import pandas as pd
 import pytest
-from micro_run import run
 
 from forgetlab.config import ConfigError, MechanismConfig
 from forgetlab.mechanisms import build_mechanisms
+from micro_run import run
 
 
 def test_mas_penalises_the_second_domain(fixture_data, tmp_path):

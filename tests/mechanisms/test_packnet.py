@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from micro_run import micro_config
 
 from forgetlab.config import ConfigError, MechanismConfig
 from forgetlab.mechanisms import build_mechanisms
 from forgetlab.train import Trainer
+from micro_run import micro_config
 
 
 @pytest.fixture(scope="module")

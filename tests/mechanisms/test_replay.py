@@ -10,6 +10,7 @@ from forgetlab.config import ConfigError, MechanismConfig, resolve_run_config
 from forgetlab.mechanisms import Batch, StepOutput, TrainContext, build_mechanisms
 from forgetlab.models import model_flops_per_token
 from forgetlab.train import Trainer
+from micro_run import micro_config
 
 STEPS = 4
 
@@ -30,19 +31,6 @@ def fake_ctx(n_domains=3):
 def batch_of(ids, domain, seq=5):
     x = torch.as_tensor(ids)[:, None].repeat(1, seq)
     return Batch(x, x + 1, None, domain)
-
-
-def micro_config(fixture_data, mechanisms, domains=2, **train):
-    return resolve_run_config({
-        "name": "replay-test",
-        "seed": 1,
-        "model": {"preset": "micro"},
-        "data": {"domains": fixture_data.domains[:domains], "tokenizer": fixture_data.tokenizer,
-                 "cache_dir": fixture_data.cache_dir, "val_batches": 1, "eval_batch_size": 8},
-        "train": {"steps_per_stage": STEPS, "batch_size": 4, "warmup_steps": 1, "lr": 3e-3,
-                  "precision": "fp32", "log_every": 2, "threads": 1, **train},
-        "mechanisms": mechanisms,
-    })
 
 
 @pytest.mark.parametrize(("knobs", "n_old"), [({"ratio": "1:1"}, 3), ({"ratio": "2:1"}, 2),
@@ -88,7 +76,7 @@ def test_capacity_below_domain_count_is_refused_for_per_domain_policies():
 
 def test_herding_replay_on_the_trainer(fixture_data, tmp_path):
     cfg = micro_config(fixture_data, [{"name": "replay", "capacity": 6, "policy": "herding",
-                                       "herding_pool": 10}])
+                                       "herding_pool": 10}], seed=1)
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
     record = trainer.run()
     buf = trainer.mechanisms[0].buffer

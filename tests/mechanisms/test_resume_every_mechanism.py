@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 import torch
-from micro_run import micro_config
 
 from forgetlab.mechanisms import MECHANISMS
 from forgetlab.models import load_model
 from forgetlab.train import Trainer
 from forgetlab.train.rundir import RunDir
+from micro_run import micro_config
 
 KNOBS: dict[str, dict[str, Any]] = {
     "ewc": {"lam": 10.0, "samples": 8},

@@ -7,12 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from forgetlab.config import ModelConfig, resolve_run_config
+from forgetlab.config import ModelConfig
 from forgetlab.mechanisms import Batch, TrainContext, build_mechanisms
 from forgetlab.mechanisms.selective_write import token_scores
 from forgetlab.models import build_model, model_flops_per_token
 from forgetlab.train import Trainer
 from forgetlab.train.optim import weighted_token_mean
+from micro_run import micro_config, run
 
 STEPS = 6
 
@@ -122,17 +123,12 @@ def test_knobs_are_validated():
 
 
 def test_trainer_logs_write_fraction_and_counts_scoring_flops(fixture_data, tmp_path):
-    raw = {
-        "seed": 3,
-        "model": {"preset": "micro"},
-        "data": {"domains": fixture_data.domains[:2], "tokenizer": fixture_data.tokenizer,
-                 "cache_dir": fixture_data.cache_dir, "val_batches": 1, "eval_batch_size": 8},
-        "train": {"steps_per_stage": STEPS, "batch_size": 4, "warmup_steps": 1,
-                  "precision": "fp32", "log_every": STEPS, "threads": 1},
-        "mechanisms": [{"name": "selective_write", "write_fraction": 0.3, "window": 256},
-                       {"name": "replay", "capacity": 8}],
-    }
-    cfg = resolve_run_config(raw)
+    cfg = micro_config(
+        fixture_data,
+        [{"name": "selective_write", "write_fraction": 0.3, "window": 256},
+         {"name": "replay", "capacity": 8}],
+        steps=STEPS, lr=1e-3, log_every=STEPS,
+    )  # fmt: skip
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
     record = trainer.run()
     curves = pd.read_parquet(tmp_path / "run" / "curves.parquet")
@@ -152,8 +148,6 @@ def test_trainer_logs_write_fraction_and_counts_scoring_flops(fixture_data, tmp_
 def test_a_step_whose_gate_wrote_no_token_logs_no_training_loss(fixture_data, tmp_path):
     """A z-score threshold no token reaches writes nothing: every logged step trained on no token,
     so its training loss is missing (NaN), not the 0.0 of sum(w * l) / sum(w)."""
-    from micro_run import run
-
     record = run(fixture_data, tmp_path / "run", [{"name": "selective_write", "threshold": 50.0}])
     assert record["status"] == "finished"
     curves = pd.read_parquet(tmp_path / "run" / "curves.parquet")
@@ -163,8 +157,6 @@ def test_a_step_whose_gate_wrote_no_token_logs_no_training_loss(fixture_data, tm
 
 
 def test_a_written_step_logs_the_mean_loss_of_its_written_micro_batches(fixture_data, tmp_path):
-    from micro_run import run
-
     run(fixture_data, tmp_path / "run", [{"name": "selective_write", "write_fraction": 0.5}])
     curves = pd.read_parquet(tmp_path / "run" / "curves.parquet")
     logged = curves.dropna(subset=["grad_norm"])

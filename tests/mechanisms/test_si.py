@@ -4,10 +4,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from micro_run import run
 from torch import nn
 
 from forgetlab.mechanisms.si import SI
+from micro_run import run
 
 
 class Scalar(nn.Module):

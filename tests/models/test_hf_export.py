@@ -12,9 +12,10 @@ import torch
 from typer.testing import CliRunner
 
 from forgetlab.cli.main import app
-from forgetlab.config import ModelConfig, resolve_run_config
+from forgetlab.config import ModelConfig
 from forgetlab.data import load_tokenizer
 from forgetlab.models import GPT, ModelExportError, export_hf, load_model
+from micro_run import micro_config
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed")
 
@@ -35,21 +36,8 @@ def trained_run(fixture_data, tmp_path_factory) -> Path:
     """A finished micro run over two fixture domains with the fixture's bpe-512 tokenizer."""
     from forgetlab.train import Trainer
 
-    raw = {
-        "name": "export-test",
-        "model": {"preset": "micro"},
-        "data": {
-            "domains": fixture_data.domains[:2],
-            "tokenizer": fixture_data.tokenizer,
-            "cache_dir": fixture_data.cache_dir,
-            "val_batches": 1,
-            "eval_batch_size": 8,
-        },
-        "train": {"steps_per_stage": 8, "batch_size": 4, "warmup_steps": 1, "lr": 3e-3,
-                  "precision": "fp32", "threads": 1},
-    }  # fmt: skip
     out = tmp_path_factory.mktemp("export-run") / "run"
-    Trainer(resolve_run_config(raw), out, progress=False).run()
+    Trainer(micro_config(fixture_data, steps=8), out, progress=False).run()
     return out
 
 

@@ -28,28 +28,14 @@ from forgetlab.train.base_model import (
     train_base,
 )
 from forgetlab.train.rundir import MODEL_FILE
+from micro_run import fixture_sources, micro_sections
 
 
 def raw_config(fixture_data, seed: int, base: dict[str, Any] | None = None, **train) -> dict:
     """A micro stream of two domains after a base pretrained on a third."""
     return {
         "name": "base-test",
-        "model": {"preset": "micro"},
-        "data": {
-            "domains": fixture_data.domains[:2],
-            "tokenizer": fixture_data.tokenizer,
-            "cache_dir": fixture_data.cache_dir,
-            "val_batches": 1,
-            "eval_batch_size": 8,
-        },
-        "train": {
-            "steps_per_stage": 2,
-            "batch_size": 4,
-            "warmup_steps": 1,
-            "precision": "fp32",
-            "threads": 1,
-            **train,
-        },
+        **micro_sections(fixture_data, domains=2, steps=2, **train),
         "base_model": {
             "domains": ["dialogue"],
             "steps": 6,
@@ -264,13 +250,9 @@ def test_a_single_run_trains_its_base_first_and_a_second_run_reuses_it(
 ):
     from forgetlab.train.launch import train_run
 
-    corpus = Path(__file__).resolve().parents[1] / "fixtures" / "corpus"
     raw = raw_config(fixture_data, 109)
     # the fixture's own sources: train_run prepares the run's domains and must find them prepared
-    raw["data"]["sources"] = {
-        d: {"files": [str(corpus / d / "*.jsonl")], "val_fraction": 0.2}
-        for d in fixture_data.domains
-    }
+    raw["data"]["sources"] = fixture_sources(fixture_data.domains)
     cfg = resolve_run_config(raw)
     first = train_run(cfg, tmp_path / "first", progress=False)
     second = train_run(cfg.model_copy(update={"seed": 1}), tmp_path / "second", progress=False)

@@ -21,6 +21,7 @@ from forgetlab.train import RunDir, Trainer
 from forgetlab.train.device import autocast_factory
 from forgetlab.train.evaluate import evaluate, make_eval_set
 from forgetlab.train.rundir import config_hash
+from micro_run import micro_config
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed")
 
@@ -29,28 +30,8 @@ SHAPE = dict(n_layer=2, n_head=2, n_embd=32, block_size=64)  # not the micro pre
 
 
 def run_config(fixture_data, model: dict, domains: int = 2, steps: int = 3, **train) -> object:
-    raw = {
-        "name": "init-test",
-        "seed": 3,
-        "model": model,
-        "data": {
-            "domains": fixture_data.domains[:domains],
-            "tokenizer": fixture_data.tokenizer,
-            "cache_dir": fixture_data.cache_dir,
-            "val_batches": VAL_BATCHES,
-            "eval_batch_size": EVAL_BATCH,
-        },
-        "train": {
-            "steps_per_stage": steps,
-            "batch_size": BATCH,
-            "warmup_steps": 1,
-            "lr": 3e-3,
-            "precision": "fp32",
-            "log_every": 1,
-            **train,
-        },
-    }
-    return resolve_run_config(raw)
+    return micro_config(fixture_data, (), domains, model=model, steps=steps,
+                        val_batches=VAL_BATCHES, **{"log_every": 1, **train})  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -10,26 +10,10 @@ import socket
 import pytest
 
 from forgetlab.atomic import is_temp
-from forgetlab.config import ConfigError, resolve_run_config
+from forgetlab.config import ConfigError
 from forgetlab.locks import LOCK_FILE, DirectoryInUse, DirectoryLock, holder
 from forgetlab.train import RunDir, Trainer
-
-
-def micro_config(fixture_data, domains=2, **train):
-    return resolve_run_config({
-        "name": "locked",
-        "seed": 1,
-        "model": {"preset": "micro"},
-        "data": {
-            "domains": fixture_data.domains[:domains],
-            "tokenizer": fixture_data.tokenizer,
-            "cache_dir": fixture_data.cache_dir,
-            "val_batches": 1,
-            "eval_batch_size": 8,
-        },
-        "train": {"steps_per_stage": 4, "batch_size": 4, "warmup_steps": 1, "precision": "fp32",
-                  "log_every": 2, "threads": 1, **train},
-    })
+from micro_run import micro_config
 
 
 def temps(root):

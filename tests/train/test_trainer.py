@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
+import micro_run
 from forgetlab.analysis.curves import time_to_target
-from forgetlab.config import ConfigError, resolve_run_config
+from forgetlab.config import ConfigError
 from forgetlab.models import load_model
 from forgetlab.train import RunDir, Trainer
 
@@ -15,29 +16,9 @@ STEPS = 6
 
 
 def micro_config(fixture_data, domains=3, mechanisms=(), **train):
-    raw = {
-        "mechanisms": list(mechanisms),
-        "name": "micro-test",
-        "seed": 1,
-        "model": {"preset": "micro"},
-        "data": {
-            "domains": fixture_data.domains[:domains],
-            "tokenizer": fixture_data.tokenizer,
-            "cache_dir": fixture_data.cache_dir,
-            "val_batches": 2,
-            "eval_batch_size": 8,
-        },
-        "train": {
-            "steps_per_stage": STEPS,
-            "batch_size": 4,
-            "warmup_steps": 2,
-            "lr": 3e-3,
-            "precision": "fp32",
-            "log_every": 2,
-            **train,
-        },
-    }
-    return resolve_run_config(raw)
+    train = {"warmup_steps": 2, **train}
+    return micro_run.micro_config(fixture_data, mechanisms, domains, seed=1, steps=STEPS,
+                                  val_batches=2, **train)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
