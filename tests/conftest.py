@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,34 @@ class FixtureData:
     cache_dir: str
     tokenizer: str
     domains: list[str]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def suite_data_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The suite's own ``$FORGETLAB_DATA`` (inherited by every process it starts), so that no test
+    reads or writes the user's cache. It holds this CPU's fp32 matmul peak, measured here once
+    for each thread count the suite's runs use, as ``forgetlab bench peak`` stores it: every run
+    reads it for its MFU instead of measuring it for half a second when it starts
+    (tests/train/test_peak_flops.py covers both ways)."""
+    import os
+
+    import torch
+
+    from forgetlab.train.flops import measure_matmul_peak, save_cpu_peak
+
+    root = tmp_path_factory.mktemp("forgetlab-data-root")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("FORGETLAB_DATA", str(root))
+    threads = torch.get_num_threads()
+    try:
+        for n in sorted({1, 2, os.cpu_count() or 1}):
+            torch.set_num_threads(n)
+            # as a run measures it when nothing is stored (forgetlab.train.flops.peak_flops)
+            save_cpu_peak("fp32", measure_matmul_peak(torch.device("cpu"), "fp32", seconds=0.3))
+    finally:
+        torch.set_num_threads(threads)
+    yield root
+    patch.undo()
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from forgetlab.api import toml_literal
 from forgetlab.config import RunConfig, resolve_run_config
@@ -84,6 +89,33 @@ def run(fixture_data: Any, out: Path, mechanisms: list[dict[str, Any]], **kw: An
     from forgetlab.train import Trainer
 
     return Trainer(micro_config(fixture_data, mechanisms, **kw), out, progress=False).run()
+
+
+@contextmanager
+def runs_in_this_process() -> Iterator[None]:
+    """Within it, the local executor trains each run of a study in this process, one at a time,
+    instead of in a worker process of its own: the same numbers (the trainer seeds every generator
+    it draws from when it starts; tests/experiments/test_torture.py compares both ways) without an
+    interpreter start and a torch import per run. For studies whose tests are about what the runs
+    produced (results, reports), not about the worker processes (they write no worker log)."""
+    import torch
+
+    from forgetlab.experiments.executors import LocalExecutor
+    from forgetlab.experiments.worker import run_one
+
+    one_at_a_time = threading.Lock()  # the trainer seeds process-wide generators
+
+    def in_process(self: LocalExecutor, task: Any, slot: int) -> dict[str, Any]:
+        with one_at_a_time:
+            return run_one(task.config, task.run_dir, lock_wait=task.lock_wait)
+
+    threads = torch.get_num_threads()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(LocalExecutor, "_subprocess", in_process)
+            yield
+    finally:
+        torch.set_num_threads(threads)  # a run sets its train.threads process-wide
 
 
 def write_toml(path: Path, spec: dict[str, Any]) -> Path:

@@ -309,7 +309,7 @@ def test_configuration_lists_settings_that_matter_and_every_group_difference(mic
     md = micro_study_report["markdown"].read_text()
     config = md.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
     shared = config.split("### Shared settings", 1)[1].split("Left out:", 1)[0]
-    assert "`n_layer` = 2" in shared and "`steps_per_stage` = 6" in shared
+    assert "`n_layer` = 2" in shared and "`steps_per_stage` = 4" in shared
     for unused in ("moe", "memory", "rope_theta", "cache_dir", "threads", "null"):
         assert unused not in shared, unused
     assert "settings of parts no run uses: `model.freeze_qk`, `model.qk_init`" in config

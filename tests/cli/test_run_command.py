@@ -1,4 +1,8 @@
-"""`forgetlab run` / `show` end to end, and data-parallel training under torchrun (gloo on CPU)."""
+"""`forgetlab run` / `show` end to end, and data-parallel training under torchrun (gloo on CPU).
+
+A real `forgetlab` process where the process is what is tested (its exit code and output, torchrun);
+the same app in this process (typer's CliRunner, as tests/cli/test_errors.py) where a command only
+has to do its part: one interpreter start and torch import fewer each."""
 
 import json
 import os
@@ -7,7 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner, Result
 
+from forgetlab.cli.main import app
 from micro_run import fixture_sources, micro_sections, write_toml
 
 
@@ -28,6 +34,11 @@ def forgetlab(*args: str, env: dict | None = None) -> subprocess.CompletedProces
     )
 
 
+def cli(*args: str) -> Result:
+    """``forgetlab ARGS`` run in this process."""
+    return CliRunner().invoke(app, list(args))
+
+
 def test_run_prints_r_matrices_and_refuses_to_overwrite(fixture_data, tmp_path):
     spec = write_spec(tmp_path / "spec.toml", fixture_data, batch_size=4)
     out = tmp_path / "run"
@@ -37,10 +48,10 @@ def test_run_prints_r_matrices_and_refuses_to_overwrite(fixture_data, tmp_path):
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "finished" and record["config"]["train"]["lr"] == 2e-3
 
-    again = forgetlab("run", str(spec), "--out", str(out), "--quiet", "--set", "train.lr=2e-3")
-    assert again.returncode == 2 and "finished run" in again.stderr
+    again = cli("run", str(spec), "--out", str(out), "--quiet", "--set", "train.lr=2e-3")
+    assert again.exit_code == 2 and "finished run" in again.stderr
 
-    shown = forgetlab("show", str(out), "--json")
+    shown = cli("show", str(out), "--json")
     assert json.loads(shown.stdout)["R"] == record["R"]
 
 
@@ -50,20 +61,19 @@ def test_show_prints_the_probe_matrices_and_their_forgetting(fixture_data, tmp_p
     sections["data"]["sources"].update(fixture_sources([probe]))
     spec = write_toml(tmp_path / "spec.toml", {"name": "cli-test", "seed": 3, **sections})
     out = tmp_path / "run"
-    res = forgetlab("run", str(spec), "--out", str(out), "--quiet", "--set",
-                    f'data.probes=["{probe}"]')
-    assert res.returncode == 0, res.stderr
-    shown = forgetlab("show", str(out))
+    res = cli("run", str(spec), "--out", str(out), "--quiet", "--set", f'data.probes=["{probe}"]')
+    assert res.exit_code == 0, res.output
+    shown = cli("show", str(out))
     assert "probes[loss]" in shown.stdout and "probes[accuracy]" in shown.stdout
     assert "forgetting (last − init)" in shown.stdout and "probe_forgetting (mean)" in shown.stdout
-    as_json = json.loads(forgetlab("show", str(out), "--json").stdout)
+    as_json = json.loads(cli("show", str(out), "--json").stdout)
     assert as_json["probes"]["domains"] == [probe] and len(as_json["probes"]["R"]["loss"]) == 2
 
 
 def test_bad_override_fails_before_any_work(fixture_data, tmp_path):
     spec = write_spec(tmp_path / "spec.toml", fixture_data)
-    res = forgetlab("run", str(spec), "--out", str(tmp_path / "r"), "--set", "model.n_head=3")
-    assert res.returncode == 2
+    res = cli("run", str(spec), "--out", str(tmp_path / "r"), "--set", "model.n_head=3")
+    assert res.exit_code == 2
     assert "model.n_embd = 64 is not divisible by model.n_head = 3" in res.stderr
     assert not (tmp_path / "r").exists()
 
@@ -82,8 +92,8 @@ def torchrun_two_ranks(spec: Path, out: Path) -> None:
 def test_torchrun_two_ranks_match_one_process_with_the_global_batch(fixture_data, tmp_path):
     """2 ranks x micro-batch 2 draw the same global batch as 1 process x 4: same training."""
     single_spec = write_spec(tmp_path / "one.toml", fixture_data, batch_size=4)
-    res = forgetlab("run", str(single_spec), "--out", str(tmp_path / "one"), "--quiet")
-    assert res.returncode == 0, res.stderr
+    res = cli("run", str(single_spec), "--out", str(tmp_path / "one"), "--quiet")
+    assert res.exit_code == 0, res.output
 
     ddp_spec = write_spec(tmp_path / "two.toml", fixture_data, batch_size=2)
     torchrun_two_ranks(ddp_spec, tmp_path / "two")
@@ -130,14 +140,10 @@ def test_torchrun_with_a_mechanism_that_freezes_weights_mid_run(fixture_data, tm
 
 def test_a_second_run_on_a_directory_in_use_is_refused(fixture_data, tmp_path, lock_holder):
     """Two `forgetlab run` on one --out: the second stops before any work, naming the holder."""
-    from typer.testing import CliRunner
-
-    from forgetlab.cli.main import app
-
     spec = write_spec(tmp_path / "spec.toml", fixture_data, batch_size=4)
     out = tmp_path / "run"
     first = lock_holder(out)
-    res = CliRunner().invoke(app, ["run", str(spec), "--out", str(out), "--quiet"])
+    res = cli("run", str(spec), "--out", str(out), "--quiet")
     assert res.exit_code == 2
     (line,) = [x for x in res.output.splitlines() if x.startswith("error:")]
     assert f"run directory '{out}' is in use by process {first.pid} on this host" in line

@@ -1,8 +1,9 @@
-"""`forgetlab run` on a diverging config and on a run directory with a truncated run.json."""
+"""`forgetlab run` on a diverging config and on a run directory with a truncated run.json (the
+command as a real process: its exit code and what it prints on stderr)."""
 
 import json
 
-from test_run_command import forgetlab, write_spec
+from test_run_command import cli, forgetlab, write_spec
 
 
 def test_a_diverging_run_exits_non_zero_with_one_line(fixture_data, tmp_path):
@@ -21,7 +22,7 @@ def test_a_diverging_run_exits_non_zero_with_one_line(fixture_data, tmp_path):
 def test_a_truncated_run_json_is_rebuilt_from_the_checkpoints(fixture_data, tmp_path):
     spec = write_spec(tmp_path / "s.toml", fixture_data)
     out = tmp_path / "run"
-    assert forgetlab("run", str(spec), "--out", str(out), "--quiet").returncode == 0
+    assert cli("run", str(spec), "--out", str(out), "--quiet").exit_code == 0  # the run to break
     before = json.loads((out / "run.json").read_text())
     (out / "run.json").write_text((out / "run.json").read_text()[:50])
     done = forgetlab("run", str(spec), "--out", str(out), "--quiet")

@@ -2,32 +2,21 @@
 contradicts the checkpoint stopped with one line before any run directory exists."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+from test_run_command import cli, forgetlab
+
 from micro_run import micro_sections, write_toml
-
-
-def forgetlab(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "forgetlab.cli.main", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=300,
-    )
 
 
 def test_run_from_another_runs_weights_and_a_contradiction_refused(fixture_data, tmp_path):
     sections = micro_sections(fixture_data, 1, 3, val_batches=2, sources=True)
     spec = write_toml(tmp_path / "spec.toml", sections)
     base = tmp_path / "base"
-    assert forgetlab("run", str(spec), "--out", str(base), "--quiet").returncode == 0
+    assert cli("run", str(spec), "--out", str(base), "--quiet").exit_code == 0
     child = tmp_path / "child"
-    res = forgetlab("run", str(spec), "--out", str(child), "--quiet", "--set", f"model.init={base}")
-    assert res.returncode == 0, res.stderr
+    res = cli("run", str(spec), "--out", str(child), "--quiet", "--set", f"model.init={base}")
+    assert res.exit_code == 0, res.output
     parent, record = (json.loads((d / "run.json").read_text()) for d in (base, child))
     assert record["R"]["loss"][0] == parent["R"]["loss"][-1]  # row 0: the base, as it ended
     assert record["config"]["model"]["init"]["path"] == str(base)

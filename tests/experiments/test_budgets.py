@@ -17,7 +17,7 @@ REFERENCE_STEPS = 60
 def matched_spec(micro_base):
     raw = {
         "name": "match",
-        "base": micro_base(steps=REFERENCE_STEPS),
+        "base": micro_base(domains=2, steps=REFERENCE_STEPS),
         "design": {"kind": "groups", "reference": "dense"},
         "groups": {
             "dense": {},

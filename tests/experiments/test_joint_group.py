@@ -12,6 +12,7 @@ from forgetlab.analysis.report import write_report
 from forgetlab.config import ConfigError, RunConfig
 from forgetlab.experiments import expand, load_spec, run_experiment
 from forgetlab.specs import shipped_spec
+from micro_run import runs_in_this_process
 
 
 def _new_data_tokens(cfg: RunConfig) -> int:
@@ -55,7 +56,7 @@ def test_a_study_with_a_joint_group_reports_the_share_of_the_gap_each_group_clos
 ):
     raw = {
         "name": "bounds",
-        "base": micro_base(domains=3, steps=6),
+        "base": micro_base(domains=2, steps=4),
         "design": {"kind": "groups", "reference": "naive"},
         "groups": {
             "naive": {},
@@ -64,7 +65,8 @@ def test_a_study_with_a_joint_group_reports_the_share_of_the_gap_each_group_clos
         },
     }
     out = tmp_path / "exp"
-    summary = run_experiment(raw, out, workers=1, quiet=True)
+    with runs_in_this_process():
+        summary = run_experiment(raw, out, workers=1, quiet=True)
     assert summary["failed"] == []
     write_report(out)
 

@@ -10,6 +10,7 @@ import pytest
 
 from forgetlab.analysis.report import write_report
 from forgetlab.experiments import run_experiment
+from micro_run import runs_in_this_process
 
 PROBE = "legal"
 
@@ -39,7 +40,8 @@ def probed_study(micro_base, tmp_path_factory):
         },
     }
     out = tmp_path_factory.mktemp("study") / "exp"
-    run_experiment(spec, out, workers=1, quiet=True, argv=["forgetlab", "run"])
+    with runs_in_this_process():
+        run_experiment(spec, out, workers=1, quiet=True, argv=["forgetlab", "run"])
     return out
 
 

@@ -10,6 +10,7 @@ import pytest
 from forgetlab.config import ConfigError, resolve_run_config
 from forgetlab.experiments import expand, load_spec, run_experiment
 from forgetlab.train import Trainer
+from micro_run import runs_in_this_process
 
 
 def test_a_study_group_starts_from_a_finished_runs_weights(micro_base, tmp_path):
@@ -30,7 +31,8 @@ def test_a_study_group_starts_from_a_finished_runs_weights(micro_base, tmp_path)
     assert runs["pretrained"].run_id != runs["scratch"].run_id
 
     out = tmp_path / "exp"
-    summary = run_experiment(raw, out, workers=1, quiet=True)
+    with runs_in_this_process():
+        summary = run_experiment(raw, out, workers=1, quiet=True)
     assert summary["failed"] == []
     frame = pd.read_parquet(out / "results.parquet").set_index("group")
     record = json.loads(

@@ -14,6 +14,7 @@ from forgetlab.analysis.load import load_experiment
 from forgetlab.analysis.report import write_report
 from forgetlab.experiments import run_experiment
 from forgetlab.train import RunDir
+from micro_run import runs_in_this_process
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,8 @@ def study(micro_base, tmp_path_factory):
         "seeds": [0],
     }
     out = tmp_path_factory.mktemp("study") / "exp"
-    summary = run_experiment(raw, out, workers=1, quiet=True, argv=["forgetlab", "run"])
+    with runs_in_this_process():  # the rerun below starts worker processes (and their logs)
+        summary = run_experiment(raw, out, workers=1, quiet=True, argv=["forgetlab", "run"])
     frame = pd.read_parquet(out / "results.parquet").set_index("group")
     return raw, out, summary, frame
 

@@ -30,10 +30,8 @@ from safetensors.torch import load_file
 
 from forgetlab.atomic import is_temp
 from forgetlab.experiments import run_experiment
-from forgetlab.experiments.executors import LocalExecutor
-from forgetlab.experiments.worker import run_one
 from forgetlab.locks import LOCK_FILE
-from micro_run import write_toml
+from micro_run import runs_in_this_process, write_toml
 
 KILLS = int(os.environ.get("FORGETLAB_TORTURE_KILLS", "4"))
 SEED = int(os.environ.get("FORGETLAB_TORTURE_SEED", "0"))
@@ -145,13 +143,10 @@ def test_a_study_killed_again_and_again_ends_equal_to_an_uninterrupted_one(
     # The last start runs to the end, and the reference study runs without a kill; both train
     # their runs in this process (one at a time: the trainer seeds process-wide generators),
     # which saves a dozen interpreter starts and computes the same numbers.
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(LocalExecutor, "_subprocess", lambda self, t, slot: run_one(t.config, t.run_dir))
+    with runs_in_this_process():
         summary = run_experiment(raw, out, workers=1, quiet=True)
         reference = tmp_path / "uninterrupted"
         run_experiment(raw, reference, workers=1, quiet=True)
-    torch.set_num_threads(threads)
 
     assert [r["survivors"] for r in rounds if r["survivors"]] == []
     assert sum(r["killed"] for r in rounds) >= min(KILLS, 3)
