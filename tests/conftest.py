@@ -26,7 +26,7 @@ class FixtureData:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def suite_data_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def suite_data_root(tmp_path_factory: pytest.TempPathFactory, downloads: Path) -> Iterator[Path]:
     """The suite's own ``$FORGETLAB_DATA`` (inherited by every process it starts), so that no test
     reads or writes the user's cache. It holds this CPU's fp32 matmul peak, measured here once
     for each thread count the suite's runs use, as ``forgetlab bench peak`` stores it: every run
@@ -39,6 +39,7 @@ def suite_data_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     from forgetlab.train.flops import measure_matmul_peak, save_cpu_peak
 
     root = tmp_path_factory.mktemp("forgetlab-data-root")
+    (root / "downloads").symlink_to(downloads, target_is_directory=True)
     patch = pytest.MonkeyPatch()
     patch.setenv("FORGETLAB_DATA", str(root))
     threads = torch.get_num_threads()
@@ -54,14 +55,17 @@ def suite_data_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def fixture_data(tmp_path_factory: pytest.TempPathFactory) -> FixtureData:
+def fixture_data(tmp_path_factory: pytest.TempPathFactory, downloads: Path) -> FixtureData:
     """The five stream domains (real excerpts, ~80 KB each) tokenized with a trained bpe-512.
 
-    Each domain has more than 20k train and 4k val tokens; preparation takes about a second.
+    Each domain has more than 20k train and 4k val tokens; preparation takes about a second. A
+    built-in domain prepared into this cache later (a base model's books) finds its registry
+    files in ``downloads``.
     """
     from forgetlab.data import prepare
 
     cache = tmp_path_factory.mktemp("forgetlab-data")
+    (cache / "downloads").symlink_to(downloads, target_is_directory=True)
     prepare(
         list(STREAM_DOMAINS),
         FIXTURE_TOKENIZER,

@@ -107,7 +107,7 @@ def runs_in_this_process() -> Iterator[None]:
 
     def in_process(self: LocalExecutor, task: Any, slot: int) -> dict[str, Any]:
         with one_at_a_time:
-            return run_one(task.config, task.run_dir, lock_wait=task.lock_wait)
+            return run_one(task.config, task.run_dir, self.threads, task.lock_wait)
 
     threads = torch.get_num_threads()
     try:

@@ -13,7 +13,7 @@ import pytest
 
 import forgetlab
 from forgetlab.config import ConfigError, RunConfig
-from micro_run import micro_sections
+from micro_run import micro_sections, runs_in_this_process
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 DATA_LINE = 'data = {"domains": ["code", "math"], "tokenizer": "bpe-2k"}'
@@ -40,7 +40,8 @@ def test_the_readme_example_runs_as_written(fixture_data, tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     scope: dict = {"__name__": "readme_example"}
-    exec(compile(code, "README.md", "exec"), scope)
+    with runs_in_this_process():  # the study's two runs: no worker process each (tested elsewhere)
+        exec(compile(code, "README.md", "exec"), scope)
     record, results, again = scope["record"], scope["results"], scope["again"]
     assert isinstance(record, forgetlab.RunRecord) and record.status == "finished"
     assert record.r_matrix("loss").shape == (3, 2)
