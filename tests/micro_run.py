@@ -33,18 +33,20 @@ def fixture_sources(domains: list[str]) -> dict[str, dict[str, Any]]:
 
 def micro_sections(
     fixture_data: Any,
-    domains: int = 2,
+    domains: int | list[str] = 2,
     steps: int = 4,
     *,
     model: dict[str, Any] | None = None,
     val_batches: int = 1,
     sources: bool = False,
+    data: dict[str, Any] | None = None,
     **train: Any,
 ) -> dict[str, Any]:
     """``model``, ``data`` and ``train`` of a run that takes a second or two: the first
-    ``domains`` fixture domains, ``steps`` steps per stage; ``train`` overrides or adds keys;
-    ``sources``: name the fixture's files as the domains' sources (for commands that prepare)."""
-    names = fixture_data.domains[:domains]
+    ``domains`` fixture domains (or these names), ``steps`` steps per stage; ``data`` and
+    ``train`` override or add keys; ``sources``: name the fixture's files as the domains'
+    sources (for commands that prepare them)."""
+    names = fixture_data.domains[:domains] if isinstance(domains, int) else list(domains)
     return {
         "model": dict(model) if model is not None else {"preset": "micro"},
         "data": {
@@ -54,6 +56,7 @@ def micro_sections(
             "val_batches": val_batches,
             "eval_batch_size": 8,
             **({"sources": fixture_sources(names)} if sources else {}),
+            **(data or {}),
         },
         "train": {
             "steps_per_stage": steps,
@@ -70,7 +73,7 @@ def micro_sections(
 def micro_config(
     fixture_data: Any,
     mechanisms: list[dict[str, Any]] | tuple = (),
-    domains: int = 2,
+    domains: int | list[str] = 2,
     *,
     name: str = "micro",
     seed: int = 3,

@@ -2,25 +2,19 @@
 
 import pytest
 
-from forgetlab.config import ConfigError, MechanismConfig, resolve_run_config
+from forgetlab.config import ConfigError, MechanismConfig
 from forgetlab.mechanisms import build_mechanisms
 from forgetlab.mechanisms.parts.sampling import generation_flops
 from forgetlab.train import Trainer
 from forgetlab.train.step import StepRunner
+from micro_run import micro_config
 
 STEPS = 4
 
 
 def run_with_sleep(fixture_data, tmp_path, monkeypatch, **knobs):
-    cfg = resolve_run_config({
-        "seed": 4,
-        "model": {"preset": "micro"},
-        "data": {"domains": fixture_data.domains[:2], "tokenizer": fixture_data.tokenizer,
-                 "cache_dir": fixture_data.cache_dir, "val_batches": 1, "eval_batch_size": 8},
-        "train": {"steps_per_stage": STEPS, "batch_size": 4, "warmup_steps": 1,
-                  "precision": "fp32", "log_every": 1, "threads": 1},
-        "mechanisms": [{"name": "sleep", **knobs}],
-    })
+    cfg = micro_config(fixture_data, [{"name": "sleep", **knobs}], seed=4, steps=STEPS, lr=1e-3,
+                       log_every=1)  # fmt: skip
     extra = []
     original = StepRunner.extra_step
 
@@ -78,20 +72,14 @@ def test_resumed_run_with_gate_replay_and_sleep_is_bitwise_equal(fixture_data, t
 
     from forgetlab.models import load_model
 
-    cfg = resolve_run_config({
-        "seed": 5,
-        "model": {"preset": "micro"},
-        "data": {"domains": fixture_data.domains[:2], "tokenizer": fixture_data.tokenizer,
-                 "cache_dir": fixture_data.cache_dir, "val_batches": 1, "eval_batch_size": 8},
-        "train": {"steps_per_stage": STEPS, "batch_size": 4, "warmup_steps": 1,
-                  "precision": "fp32", "log_every": 1, "threads": 1, "checkpoint_every": 5},
-        "mechanisms": [
-            {"name": "selective_write", "write_fraction": 0.5, "granularity": "sequence"},
-            {"name": "replay", "capacity": 6, "policy": "balanced"},
-            {"name": "sleep", "every": 2, "steps": 1, "source": "generated", "capacity": 2,
-             "gen_batch_size": 2},
-        ],
-    })
+    cfg = micro_config(
+        fixture_data,
+        [{"name": "selective_write", "write_fraction": 0.5, "granularity": "sequence"},
+         {"name": "replay", "capacity": 6, "policy": "balanced"},
+         {"name": "sleep", "every": 2, "steps": 1, "source": "generated", "capacity": 2,
+          "gen_batch_size": 2}],
+        seed=5, steps=STEPS, lr=1e-3, log_every=1, checkpoint_every=5,
+    )  # fmt: skip
     ref_trainer = Trainer(cfg, tmp_path / "ref", progress=False)
     ref = ref_trainer.run()
     killed_run(cfg, tmp_path / "resumed", at=7)  # stage 2, step 3: after the checkpoint at global step 5

@@ -18,37 +18,15 @@ from forgetlab.train import RunDir, Trainer
 from forgetlab.train.device import autocast_factory
 from forgetlab.train.evaluate import evaluate, make_eval_set
 from forgetlab.train.step import StepRunner
+from micro_run import micro_config
 
 STREAM, PROBES = ["code", "math"], ["legal", "dialogue"]
 VAL_BATCHES, BATCH, EVAL_BATCH, STEPS = 2, 4, 8, 4
 
 
 def probe_config(fixture_data, domains=STREAM, probes=PROBES, mechanisms=(), **extra):
-    model = extra.pop("model", {"preset": "micro"})
-    raw = {
-        "name": "probe-test",
-        "seed": 5,
-        "model": model,
-        "mechanisms": list(mechanisms),
-        "data": {
-            "domains": list(domains),
-            "probes": list(probes),
-            "tokenizer": fixture_data.tokenizer,
-            "cache_dir": fixture_data.cache_dir,
-            "val_batches": VAL_BATCHES,
-            "eval_batch_size": EVAL_BATCH,
-        },
-        "train": {
-            "steps_per_stage": STEPS,
-            "batch_size": BATCH,
-            "warmup_steps": 1,
-            "lr": 3e-3,
-            "precision": "fp32",
-            "log_every": 2,
-            **extra,
-        },
-    }
-    return resolve_run_config(raw)
+    return micro_config(fixture_data, mechanisms, list(domains), seed=5, steps=STEPS,
+                        val_batches=VAL_BATCHES, data={"probes": list(probes)}, **extra)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
