@@ -266,6 +266,48 @@ def test_an_experiment_created_by_a_parallel_run_meanwhile_is_joined(fixture_dat
     assert mlflow_client(places["mlflow"]).get_run(run_id).info.experiment_id == theirs
 
 
+def test_a_studys_runs_create_its_experiment_and_parent_under_the_study_lock(
+    fixture_data, tmp_path
+):
+    """MLflow's file store does not make get-or-create atomic: two runs of a study starting at
+    once could each create an experiment of the study's name (their children then split between
+    two experiments). The study's lock must be held while either is created."""
+    import fcntl
+
+    from mlflow.tracking import MlflowClient
+
+    from forgetlab.train.loggers import MlflowLogger, Opening, RunIdentity
+
+    study_dir = tmp_path / "study"
+    study_dir.mkdir()
+    lock = study_dir / ".mlflow.lock"
+    held: list[tuple[str, bool]] = []
+
+    def probing(name: str, create: Any) -> Any:
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            with lock.open("a") as other:  # another process's view of the lock
+                try:
+                    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(other, fcntl.LOCK_UN)
+                    held.append((name, False))
+                except BlockingIOError:
+                    held.append((name, True))
+            return create(self, *args, **kwargs)
+
+        return wrapper
+
+    who = RunIdentity("run", "abc", 0, ["code"], 3, study="locked", study_dir=study_dir)
+    opening = Opening(logged_config(fixture_data, ["mlflow"]), study_dir / "runs" / "abc", who,
+                      None, {})  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        offline_env(patch, tmp_path)
+        for name in ("create_experiment", "create_run"):
+            patch.setattr(MlflowClient, name, probing(name, getattr(MlflowClient, name)))
+        MlflowLogger(opening).close("finished")
+    # the experiment and the parent under the lock; the run itself after it
+    assert held == [("create_experiment", True), ("create_run", True), ("create_run", False)]
+
+
 @pytest.mark.parametrize(
     ("loggers", "message"),
     [

@@ -495,7 +495,12 @@ class MlflowLogger:
         self.client = MlflowClient()
         who = o.who
         exp_name = who.study or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "forgetlab"
-        exp_id = self._experiment(exp_name)
+        if who.study_dir is None:
+            exp_id, parent = self._experiment(exp_name), None
+        else:  # the study's runs start at once: one of them creates the experiment and parent
+            with _file_lock(who.study_dir / ".mlflow.lock"):
+                exp_id = self._experiment(exp_name)
+                parent = self._parent(exp_id, who)
         tags = {
             "forgetlab.run_id": who.run_id,
             "forgetlab.run_dir": str(o.run_dir.resolve()),
@@ -505,8 +510,8 @@ class MlflowLogger:
         for key in ("study", "group", "order_name", "budget"):
             if getattr(who, key):
                 tags[f"forgetlab.{key}"] = str(getattr(who, key))
-        if who.study_dir is not None:
-            tags["mlflow.parentRunId"] = self._parent(exp_id, who)
+        if parent is not None:
+            tags["mlflow.parentRunId"] = parent
         self.high: dict[str, int] = {}  # per key, the last step the run holds (resume)
         existing = o.state.get("mlflow")
         if existing:
@@ -522,9 +527,10 @@ class MlflowLogger:
             o.state["mlflow"] = self.run_id
 
     def _experiment(self, name: str) -> str:
-        """The experiment's id, created if missing. A study's runs start in parallel processes:
-        when another one creates the experiment between our lookup and our create, MLflow says
-        it exists already, and the lookup again finds the one it made."""
+        """The experiment's id, created if missing. A study's runs hold the study's lock here;
+        runs of no study may still race: when another process creates the experiment between
+        our lookup and our create, MLflow says it exists already, and the lookup again finds
+        the one it made."""
         from mlflow.exceptions import MlflowException
 
         exp = self.client.get_experiment_by_name(name)
@@ -539,22 +545,21 @@ class MlflowLogger:
             return str(exp.experiment_id)
 
     def _parent(self, exp_id: str, who: RunIdentity) -> str:
-        """The study's parent run, found by its directory, created once (under a file lock:
-        a study's runs start in parallel processes)."""
+        """The study's parent run, found by its directory, else created (the caller holds the
+        study's lock, so a study has one)."""
         assert who.study_dir is not None
         where = str(who.study_dir.resolve())
-        with _file_lock(who.study_dir / ".mlflow.lock"):
-            found = self.client.search_runs(
-                [exp_id], f"tags.`forgetlab.study_dir` = '{where}'", max_results=1
-            )
-            if found:
-                return found[0].info.run_id
-            parent = self.client.create_run(
-                exp_id, run_name=who.study, tags={"forgetlab.study_dir": where,
-                                                  "forgetlab.study": str(who.study)}
-            )
-            self.client.set_terminated(parent.info.run_id, "FINISHED")  # a container only
-            return parent.info.run_id
+        found = self.client.search_runs(
+            [exp_id], f"tags.`forgetlab.study_dir` = '{where}'", max_results=1
+        )
+        if found:
+            return found[0].info.run_id
+        parent = self.client.create_run(
+            exp_id, run_name=who.study, tags={"forgetlab.study_dir": where,
+                                              "forgetlab.study": str(who.study)}
+        )
+        self.client.set_terminated(parent.info.run_id, "FINISHED")  # a container only
+        return parent.info.run_id
 
     def log_hparams(self, params: Mapping[str, Scalar]) -> None:
         from mlflow.entities import Param
